@@ -1,0 +1,181 @@
+"""Noise sources: fresh Gaussian noise, and keyed noise that a repeated request cannot average out.
+
+Keyed noise is a deterministic pseudo-random function of (server secret, key id, tier, a coarse
+digest of the logit vector). The construction, and why:
+
+* **Digest.** Each decision's logit vector z (a row, or a pixel's class vector) is projected on
+  ``P`` random directions with zero sum (so adding a constant to every logit changes nothing),
+  and each projection is quantised on a grid of step ``step_factor · scale`` (scale = the row's
+  σ), with a per-key random grid offset. A near-duplicate input moves z a little, which crosses a
+  grid line with probability ≈ |Δ projection| / step, so it gets the same noise with high
+  probability; genuinely different inputs land in different cells and get independent noise,
+  which keeps every key's utility close to the tier's (no per-key systematic bias).
+  The projection reads the logits once, whatever the class count (no top-k needed for LMs).
+* **Noise from the digest.** A 31-bit integer hash of (key seed, cell) picks two rows of two
+  fixed Gaussian tables generated from the server secret; their normalised sum is the noise
+  vector (K² distinct vectors per class count). This is a gather, not a per-row generator, so a
+  whole batch is modulated with a few vectorised tensor ops and no Python loop over rows,
+  pixels or tokens.
+
+Integer mixing stays within 31-bit values multiplied by 31-bit constants, so int64 arithmetic
+never overflows and results are identical on every device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+from typing import Protocol
+
+import torch
+
+from .errors import ModulationArgumentError
+
+_MASK31 = (1 << 31) - 1
+_M1 = 0x45D9F3B
+_M2 = 0x5BD1E995
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+
+
+class NoiseSource(Protocol):
+    """Produces standard normal noise with the shape of ``logits``, one tensor per stream."""
+
+    def sample(
+        self, logits: torch.Tensor, seeds: torch.Tensor, scale: torch.Tensor, streams: int
+    ) -> list[torch.Tensor]:
+        """``seeds`` (int64, one per row) and ``scale`` (one per row) key and size the digest."""
+        ...
+
+
+class FreshNoise:
+    """Independent noise on every call (research use: it is undone by repeated queries)."""
+
+    def __init__(self, generator: torch.Generator | None = None) -> None:
+        self.generator = generator
+
+    def sample(
+        self, logits: torch.Tensor, seeds: torch.Tensor, scale: torch.Tensor, streams: int
+    ) -> list[torch.Tensor]:
+        return [
+            torch.randn(
+                logits.shape, generator=self.generator, dtype=logits.dtype, device=logits.device
+            )
+            for _ in range(streams)
+        ]
+
+
+def _fmix(h: torch.Tensor) -> torch.Tensor:
+    """31-bit avalanche mix (no int64 overflow: values and constants stay below 2^31)."""
+    h = h ^ (h >> 16)
+    h = (h * _M1) & _MASK31
+    h = h ^ (h >> 16)
+    h = (h * _M1) & _MASK31
+    return h ^ (h >> 16)
+
+
+def _combine(h: torch.Tensor, v: torch.Tensor | int) -> torch.Tensor:
+    return _fmix((h ^ (v & _MASK31 if isinstance(v, int) else v & _MASK31)) * _M2 & _MASK31)
+
+
+class KeyedNoise:
+    """Keyed noise: the same (key, tier, input) gets the same noise; see the module docstring.
+
+    ``projections`` and ``step_factor`` set the digest; larger steps resist jittered replays
+    better, smaller steps spread noise over more cells (fairer across keys). ``table_budget``
+    bounds each Gaussian table to about that many floats (rows = a power of two in [64, 65536]).
+    """
+
+    def __init__(
+        self,
+        secret: bytes,
+        projections: int = 4,
+        step_factor: float = 2.0,
+        table_budget: int = 1 << 22,
+    ) -> None:
+        if not secret:
+            raise ModulationArgumentError("secret", "empty", "has to be non-empty bytes")
+        if projections < 1:
+            raise ModulationArgumentError("projections", projections, "has to be >= 1")
+        if not (math.isfinite(step_factor) and step_factor > 0):
+            raise ModulationArgumentError("step_factor", step_factor, "has to be positive")
+        self._secret = secret
+        self.projections = projections
+        self.step_factor = float(step_factor)
+        self.table_budget = table_budget
+        self._cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"KeyedNoise(projections={self.projections}, step_factor={self.step_factor})"
+
+    def _derive(self, *parts: str) -> int:
+        msg = "\x00".join(parts).encode()
+        digest = hmac.new(self._secret, msg, hashlib.sha256).digest()
+        return int.from_bytes(digest[:8], "little") & ((1 << 62) - 1)
+
+    def row_seed(self, key_id: str, tier: str) -> int:
+        """The 62-bit seed of one (key id, tier) pair; rows of a batch carry one each."""
+        return self._derive("row", key_id, tier)
+
+    def seeds(self, pairs: list[tuple[str, str]]) -> torch.Tensor:
+        """Seeds for a batch of (key id, tier) pairs as an int64 tensor."""
+        return torch.tensor([self.row_seed(k, t) for k, t in pairs], dtype=torch.int64)
+
+    def table_rows(self, num_classes: int) -> int:
+        rows = 1 << max(0, int(math.log2(max(1, self.table_budget // num_classes))))
+        return min(65536, max(64, rows))
+
+    def _tables(
+        self, num_classes: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        key = (num_classes, str(device))
+        if key not in self._cache:
+            gen = torch.Generator().manual_seed(self._derive("tables", str(num_classes)))
+            rows = self.table_rows(num_classes)
+            tables = torch.randn(2, rows, num_classes, generator=gen)
+            proj = torch.randn(num_classes, self.projections, generator=gen, dtype=torch.float64)
+            proj = proj - proj.mean(dim=0, keepdim=True)  # zero-sum: invariant to logit shifts
+            proj = proj / proj.norm(dim=0, keepdim=True).clamp_min(1e-12)
+            self._cache[key] = (tables[0].to(device), tables[1].to(device), proj.to(device))
+        return self._cache[key]
+
+    def digest(self, logits: torch.Tensor, seeds: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """31-bit cell hash per decision: N for N×C logits, N×(H·W) for N×C×H×W."""
+        n, c = logits.shape[:2]
+        _, _, proj = self._tables(c, logits.device)
+        seeds = seeds.to(logits.device, torch.int64)
+        lo, hi = seeds & _MASK31, (seeds >> 31) & _MASK31
+        if logits.dim() == 2:
+            # float64 keeps the projection of a row independent of the batch it is in.
+            p = logits.to(torch.float64) @ proj  # N×P
+            shape: tuple[int, ...] = (n, 1)
+        else:
+            p = torch.matmul(proj.t().to(logits.dtype), logits.reshape(n, c, -1))  # N×P×HW
+            p = p.transpose(1, 2).to(torch.float64)  # N×HW×P
+            shape = (n, 1, 1)
+        step = (scale.to(logits.device, torch.float64) * self.step_factor).clamp_min(1e-6)
+        h = lo.view(shape[:-1])
+        for k in range(self.projections):
+            offset = _fmix(lo ^ ((k + 1) * 0x27D4EB2F & _MASK31)).to(torch.float64) / (1 << 31)
+            cell = torch.floor(p[..., k] / step.view(shape[:-1]) + offset.view(shape[:-1]))
+            q = cell.clamp(-(1 << 30), 1 << 30).to(torch.int64) & _MASK31
+            h = _combine(h, q)
+        return _combine(h, hi.view(shape[:-1]))
+
+    def sample(
+        self, logits: torch.Tensor, seeds: torch.Tensor, scale: torch.Tensor, streams: int
+    ) -> list[torch.Tensor]:
+        n, c = logits.shape[:2]
+        table_a, table_b, _ = self._tables(c, logits.device)
+        rows = table_a.shape[0]
+        h = self.digest(logits, seeds, scale).reshape(-1)
+        out = []
+        for s in range(streams):
+            i = _combine(h, 2 * s + 1) % rows
+            j = _combine(h, 2 * s + 2) % rows
+            noise = (table_a.index_select(0, i) + table_b.index_select(0, j)).mul_(_INV_SQRT2)
+            if logits.dim() == 4:
+                # Gathered as N·H·W×C; a permuted view avoids a copy back to N×C×H×W.
+                noise = noise.view(n, *logits.shape[2:], c).permute(0, 3, 1, 2)
+            out.append(noise.to(logits.dtype))
+        return out

@@ -1,0 +1,47 @@
+"""One call that modulates a mixed batch: utility noise, then focus, each row with its own knobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._checks import check_logits, check_sigma
+from .focus import apply_focus
+from .noise import NoiseSource
+from .utility import add_utility_noise
+
+
+@dataclass(frozen=True)
+class BatchModulation:
+    """Per-row modulation of one batch (rows may belong to different keys and tiers)."""
+
+    sigma: torch.Tensor
+    """σ per row (N,), ≥ 0; 0 leaves the row's utility untouched."""
+    seeds: torch.Tensor
+    """Keyed-noise seed per row (N,) int64, from ``KeyedNoise.seeds``; ignored by fresh noise."""
+    focus: torch.Tensor | None = None
+    """Signed focus strengths from ``focus_field`` (N×C or N×C×H×W), or None."""
+
+
+def modulate(logits: torch.Tensor, params: BatchModulation, source: NoiseSource) -> torch.Tensor:
+    """Return modulated logits; the input is not changed and σ = 0 rows without focus are exact."""
+    check_logits(logits)
+    sigma = check_sigma(params.sigma, logits.shape[0]).to(logits.device)
+    field = params.focus
+    if field is not None and not bool((field != 0).any()):
+        field = None
+    if field is None and not bool((sigma > 0).any()):
+        return logits.clone()
+    # The digest grid scales with σ; for a σ = 0 row that asks for focus, with its strength.
+    focus_scale = (
+        field.abs().reshape(field.shape[0], -1).amax(dim=1).to(sigma.device)
+        if field is not None
+        else torch.zeros_like(sigma)
+    )
+    scale = torch.where(sigma > 0, sigma, torch.where(focus_scale > 0, focus_scale, 1.0))
+    noise = source.sample(logits, params.seeds, scale, 2 if field is not None else 1)
+    out = add_utility_noise(logits, sigma, noise[0])
+    if field is not None:
+        out = apply_focus(out, field, noise[1].abs())
+    return out
