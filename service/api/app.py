@@ -1,0 +1,63 @@
+"""The app factory: wires settings, state, middleware, error handlers and routes. Nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from .. import __version__
+from ..config import ServiceConfig
+from ..keys import KeyStore
+from ..settings import Settings
+from .errors import install_error_handlers
+from .middleware import ServiceMiddleware
+from .routes import info, predict, v2
+from .state import AppState
+
+
+def create_app(
+    settings: Settings,
+    config: ServiceConfig | None = None,
+    keys: KeyStore | None = None,
+    secret: bytes | None = None,
+    model: Any = None,
+) -> FastAPI:
+    """Build the app. Keys come from `keys` or `settings.keys_file`; the model loads at start-up."""
+    config = config or (ServiceConfig.load(settings.config) if settings.config else ServiceConfig())
+    tier_names = {t.name for t in config.tiers}
+    if keys is None:
+        if settings.keys_file is None:
+            raise ValueError("no keys: give --keys-file (or --demo for ephemeral keys)")
+        keys = KeyStore.load(settings.keys_file, tier_names)
+    state = AppState(settings, config, keys, secret=secret, model=model)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(
+        title="AIM serving",
+        version=__version__,
+        description=(
+            "One model at several utility tiers, by logit redistribution (AIM, WWW'25). "
+            "Authenticate with `X-API-Key` or `Authorization: Bearer`; `X-AIM-Tier` may lower "
+            "the tier."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.aim = state
+    install_error_handlers(app)
+    app.add_middleware(
+        ServiceMiddleware, metrics=state.metrics, max_body_bytes=settings.max_body_bytes
+    )
+    app.include_router(predict.router)
+    app.include_router(info.router)
+    app.include_router(v2.router)
+    return app

@@ -1,0 +1,92 @@
+"""Domain errors become JSON answers here, at the edge: `{"error": {code, message, field?}}`.
+
+A 500 never carries internals: the client gets the request id, the log gets the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from ..errors import ServiceError
+from ..logs import request_id_var
+
+log = logging.getLogger(__name__)
+
+
+def error_body(code: str, message: str, field: str | None = None) -> bytes:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        err["field"] = field
+    return orjson.dumps({"error": err})
+
+
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        error_body(code, message, field),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    """('body', 'inputs', 0, 'image_b64') -> 'inputs[0].image_b64'."""
+    parts = [p for p in loc if p not in ("body",)]
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += f".{p}" if out else str(p)
+    return out or "body"
+
+
+def validation_error(errors: list[Any]) -> Response:
+    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": ""}
+    loc = tuple(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        return error_response(422, "invalid_json", f"body is not valid JSON: {first.get('msg')}", "body")
+    field = field_path(loc)
+    msg = str(first.get("msg", "invalid value"))
+    value = first.get("input")
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    message = f"`{field}`: {msg}" + (f", got {shown}" if first.get("type") != "missing" else "") + more
+    return error_response(422, "invalid_input", message, field)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> Response:
+        return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(request: Request, exc: RequestValidationError) -> Response:
+        return validation_error(list(exc.errors()))
+
+    @app.exception_handler(ValidationError)
+    async def _validation(request: Request, exc: ValidationError) -> Response:
+        return validation_error(list(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error", exc_info=(type(exc), exc, exc.__traceback__))
+        rid = request_id_var.get() or "unknown"
+        return error_response(500, "internal_error", f"internal error (request id {rid})")

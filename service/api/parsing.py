@@ -1,0 +1,141 @@
+"""Turn a validated request body into a work item: decode inputs, map focus, apply tier policy."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import torch
+from starlette.concurrency import run_in_threadpool
+
+from ..engine import PredictItem
+from ..errors import Forbidden, InvalidInput, PayloadTooLarge
+from ..modulation import FocusEntry, ModulationArgumentError
+from ..settings import Settings
+from .deps import Caller
+from .schemas import FocusItem
+
+_ALL = ("all", "*")
+
+
+async def prepare_inputs(inputs: list[Any], adapter: Any) -> torch.Tensor:
+    """Each input prepared by the model adapter; errors name `inputs[i]...`."""
+    from ..models.errors import InputError
+
+    tensors = []
+    for i, item in enumerate(inputs):
+        try:
+            if isinstance(item, dict):
+                tensors.append(await run_in_threadpool(_image, item, adapter, i))
+            else:
+                tensors.append(adapter.prepare(item))
+        except InputError as exc:
+            raise InvalidInput(f"`inputs[{i}]{exc.field}`: {exc.reason}", f"inputs[{i}]{exc.field}") from None
+    return torch.stack(tensors)
+
+
+def _image(item: dict[str, Any], adapter: Any, i: int) -> torch.Tensor:
+    extra = set(item) - {"image_b64"}
+    if extra or not isinstance(item.get("image_b64"), str):
+        raise InvalidInput(
+            f"`inputs[{i}]`: an object input has exactly one field, image_b64 (a base64 string)",
+            f"inputs[{i}]",
+        )
+    try:
+        data = base64.b64decode(item["image_b64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(
+            f"`inputs[{i}].image_b64`: is not valid base64", f"inputs[{i}].image_b64"
+        ) from None
+    from ..models.errors import InputError
+
+    try:
+        tensor: torch.Tensor = adapter.decode_image(data)
+    except InputError as exc:
+        raise InvalidInput(
+            f"`inputs[{i}].image_b64`: {exc.reason}", f"inputs[{i}].image_b64"
+        ) from None
+    return tensor
+
+
+def focus_entries(
+    items: list[FocusItem], labels: list[str], task: str, max_entries: int
+) -> list[FocusEntry]:
+    if len(items) > max_entries:
+        raise InvalidInput(f"`focus`: at most {max_entries} entries, got {len(items)}", "focus")
+    entries = []
+    for i, f in enumerate(items):
+        where = f"focus[{i}]"
+        if f.token is not None:
+            raise InvalidInput(f"`{where}.token`: only generation models take tokens", f"{where}.token")
+        if f.region is not None and task != "segmentation":
+            raise InvalidInput(
+                f"`{where}.region`: only segmentation models take a region", f"{where}.region"
+            )
+        index = class_index(f.class_, labels, f"{where}.class")
+        try:
+            entries.append(FocusEntry.parse(index, f.direction, f.strength, f.region))
+        except ModulationArgumentError as exc:
+            raise InvalidInput(f"`{where}.{exc.argument}`: {exc}", f"{where}.{exc.argument}") from None
+    return entries
+
+
+def class_index(value: str | int | None, labels: list[str], field: str) -> int | None:
+    """A label (string) or an index (integer); 'all'/'*' is every class."""
+    if value is None:
+        raise InvalidInput(f"`{field}`: name a class (label, index, or 'all')", field)
+    if isinstance(value, str):
+        if value in _ALL:
+            return None
+        if value in labels:
+            return labels.index(value)
+        raise InvalidInput(f"`{field}`: unknown class {value!r}", field)
+    if isinstance(value, int) and 0 <= value < len(labels):
+        return value
+    raise InvalidInput(f"`{field}`: class index {value!r} is not in [0, {len(labels)})", field)
+
+
+def check_region(entries: list[FocusEntry], shape: tuple[int, ...]) -> None:
+    height, width = shape[-2], shape[-1]
+    for i, e in enumerate(entries):
+        if e.region is None:
+            continue
+        x0, y0, x1, y1 = e.region
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            raise InvalidInput(
+                f"`focus[{i}].region`: {list(e.region)} is outside the {width}×{height} image "
+                "(need 0 <= x0 < x1 <= width, 0 <= y0 < y1 <= height)",
+                f"focus[{i}].region",
+            )
+
+
+async def build_item(
+    inputs: list[Any],
+    focus: list[FocusItem],
+    top_k: int | None,
+    caller: Caller,
+    adapter: Any,
+    settings: Settings,
+    seed: int,
+) -> PredictItem:
+    """Apply the tier's policy, then decode: cheap refusals come before any decoding work."""
+    tier = caller.tier
+    limit = min(settings.max_items, tier.max_items or settings.max_items)
+    if len(inputs) > limit:
+        raise PayloadTooLarge(
+            f"`inputs`: at most {limit} items per request for tier {tier.name!r}, got {len(inputs)}",
+            "inputs",
+        )
+    if focus and not tier.focus:
+        raise Forbidden(f"tier {tier.name!r} does not include focus", "focus")
+    entries = focus_entries(focus, adapter.labels, adapter.task, settings.max_focus_entries)
+    if adapter.task == "segmentation":
+        check_region(entries, tuple(adapter.input_spec.shape))
+    k = 1 if top_k is None else top_k
+    if top_k is None:
+        k = min(3, len(adapter.labels))
+    if k > len(adapter.labels):
+        raise InvalidInput(f"`top_k`: {k} is more than the {len(adapter.labels)} classes", "top_k")
+    tensor = await prepare_inputs(inputs, adapter)
+    return PredictItem(tensor, tier.name, tier.sigma, seed, entries, k)

@@ -1,0 +1,54 @@
+"""`GET /model`, `/healthz`, `/readyz`, `/metrics`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from ..body import json_response
+from ..deps import TIER_HEADER, State, authenticate, resolve_caller
+from ..schemas import ERROR_RESPONSES, ModelInfo
+
+router = APIRouter()
+
+
+@router.get("/model", response_model=ModelInfo, responses=ERROR_RESPONSES, tags=["model"])
+async def model_info(request: Request, state: State) -> Response:
+    """The served model and the tiers this key may use."""
+    record = authenticate(request, state)
+    model, tiers = state.require_ready()
+    caller = resolve_caller(request, record, tiers, request.headers.get(TIER_HEADER))
+    adapter = model.adapter
+    spec = adapter.input_spec.to_dict() if hasattr(adapter, "input_spec") else {}
+    return json_response(
+        {
+            "name": state.name,
+            "task": model.task,
+            "labels": list(getattr(adapter, "labels", [])),
+            "input": spec,
+            "tiers": caller.allowed,
+            "tier": caller.tier.name,
+        }
+    )
+
+
+@router.get("/healthz", tags=["health"])
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["health"], responses={503: {"description": "Not ready"}})
+async def readyz(state: State) -> Response:
+    """Readiness: the model is loaded, warmed up and the tiers calibrated."""
+    if state.model is not None:
+        return json_response({"status": "ready"})
+    status = "failed" if state.load_error else "loading"
+    return json_response({"status": status}, status=503)
+
+
+@router.get("/metrics", tags=["health"], include_in_schema=True)
+async def metrics(state: State) -> Response:
+    """Prometheus metrics."""
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,46 @@
+"""`POST /predict`: authenticate, resolve the tier, charge the rate limit, validate, batch."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from ..body import json_response, read_model, request_body
+from ..deps import TIER_HEADER, State, authenticate, charge, resolve_caller
+from ..parsing import build_item
+from ..schemas import ERROR_RESPONSES, PredictRequest, PredictResponse
+
+router = APIRouter(tags=["inference"])
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=request_body(PredictRequest),
+    summary="Predict at the caller's tier (or a lower one named in X-AIM-Tier)",
+)
+async def predict(request: Request, state: State) -> Response:
+    record = authenticate(request, state)
+    model, tiers = state.require_ready()
+    caller = resolve_caller(request, record, tiers, request.headers.get(TIER_HEADER))
+    charge(caller)
+    if model.task == "generation":
+        from .generate import generate
+
+        return await generate(request, state, caller)
+    body = await read_model(request, PredictRequest)
+    seed = state.keyed.row_seed(caller.key.id, caller.tier.name)
+    item = await build_item(
+        body.inputs, body.focus, body.top_k, caller, model.adapter, state.settings, seed
+    )
+    assert state.batcher is not None
+    predictions = await state.batcher.submit(item, request.is_disconnected)
+    return json_response(
+        {
+            "model": state.name,
+            "tier": caller.tier.name,
+            "task": model.task,
+            "predictions": predictions,
+        }
+    )

@@ -1,0 +1,169 @@
+"""Everything one running app holds: settings, keys, model, tiers, batcher, metrics.
+
+Loading (model, warm-up, tier calibration) runs in the background after start-up, so `/healthz`
+answers at once and `/readyz` turns 200 only when the model can serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..config import ServiceConfig
+from ..engine import Engine
+from ..batching import Batcher
+from ..errors import Unavailable
+from ..keys import KeyStore
+from ..metrics import Metrics
+from ..modulation import FreshNoise, KeyedNoise, NoiseSource
+from ..settings import Settings
+from ..tiers import CalibrationCache, TierTable, build_tiers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What the routes need of the loaded model."""
+
+    name: str
+    task: str
+    adapter: Any
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(requested)
+
+
+def model_name(model: str | dict[str, Any]) -> str:
+    if isinstance(model, str):
+        return model.rsplit("/", 1)[-1].split(".")[0] if "/" in model else model
+    name = model.get("name") or str(model.get("path", "model")).rsplit("/", 1)[-1].split(".")[0]
+    return str(name)
+
+
+class AppState:
+    """The app's state; `start` and `stop` are called by the lifespan."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: ServiceConfig,
+        keys: KeyStore,
+        secret: bytes | None = None,
+        model: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.keys = keys
+        self.metrics = Metrics()
+        secret = secret or settings.secret_bytes()
+        if secret is None:
+            if not settings.demo:
+                raise ValueError("no server secret: set AIM_SECRET_FILE or AIM_SECRET (or --demo)")
+            secret = secrets.token_bytes(32)
+        self.keyed = KeyedNoise(secret)
+        self.source: NoiseSource = self.keyed if settings.noise == "keyed" else FreshNoise()
+        self.name = model_name(config.model)
+        self._preloaded = model
+        self.model: LoadedModel | None = None
+        self.tiers: TierTable | None = None
+        self.batcher: Batcher[Any] | None = None
+        self.engine: Engine | None = None
+        self.load_error: str | None = None
+        self._loader: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    # Life cycle -------------------------------------------------------------------------------
+
+    async def start(self, wait: bool = False) -> None:
+        self._loader = asyncio.get_running_loop().create_task(self._load(), name="aim-load")
+        if wait:
+            await self._loader
+
+    async def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            adapter, tiers = await asyncio.to_thread(self._load_blocking)
+        except Exception as exc:  # noqa: BLE001 - reported by /readyz and the log
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("model failed to load")
+            return
+        self.tiers = tiers
+        for tier in tiers:
+            self.metrics.set_sigma(tier.name, tier.sigma)
+        self.model = LoadedModel(self.name, adapter.task, adapter)
+        if adapter.task != "generation":
+            self.engine = Engine(adapter, self.source, self.metrics)
+            self.batcher = Batcher(
+                self.engine.run,
+                max_rows=self.settings.max_batch_size,
+                max_wait=self.settings.max_wait_ms / 1000.0,
+                queue_size=self.settings.queue_size,
+                on_depth=self.metrics.set_queue_depth,
+            )
+            self.batcher.start()
+        self.ready.set()
+        log.info(
+            "ready",
+            extra={
+                "model": self.name,
+                "task": adapter.task,
+                "device": str(adapter.device),
+                "tiers": {t.name: round(t.sigma, 4) for t in tiers},
+                "load_s": round(time.perf_counter() - started, 2),
+            },
+        )
+
+    def _load_blocking(self) -> tuple[Any, TierTable]:
+        from ..models import calibration_inputs, load_model
+        from ..models.registry import SHIPPED, ModelSpec
+
+        device = resolve_device(self.settings.device)
+        spec: Any = self.config.model
+        if isinstance(spec, dict):
+            spec = ModelSpec.from_dict(spec, self.config.base_dir)
+        adapter = self._preloaded or load_model(spec, device)
+        adapter.warmup()
+        inputs = (
+            calibration_inputs(self.config.model)
+            if isinstance(self.config.model, str) and self.config.model in SHIPPED
+            else None
+        )
+
+        def logits() -> torch.Tensor:
+            assert inputs is not None
+            return adapter.forward(inputs.to(adapter.device)).cpu()
+
+        tiers = build_tiers(
+            self.config.tiers,
+            logits if inputs is not None else None,
+            fingerprint=adapter.fingerprint(),
+            calibration_inputs=inputs,
+            cache=CalibrationCache(self.settings.cache_dir / "calibration.json"),
+        )
+        return adapter, tiers
+
+    async def stop(self) -> None:
+        if self._loader is not None and not self._loader.done():
+            self._loader.cancel()
+        if self.batcher is not None:
+            await self.batcher.stop()
+
+    # Access -----------------------------------------------------------------------------------
+
+    def require_ready(self) -> tuple[LoadedModel, TierTable]:
+        if self.model is None or self.tiers is None:
+            reason = "the model failed to load" if self.load_error else "the model is loading"
+            raise Unavailable(f"not ready: {reason}", headers={"Retry-After": "1"})
+        return self.model, self.tiers

@@ -1,0 +1,107 @@
+"""Prometheus metrics. Labels are tier and route, never a key.
+
+Each app owns its registry, so several apps (tests) can live in one process. Recording goes
+through `Metrics` methods that swallow their own errors: a metrics bug never breaks a request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, ParamSpec
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def _safe(fn: Callable[P, None]) -> Callable[P, None]:
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - hooks must never break the request path
+            log.exception("metrics hook failed")
+
+    return wrapper
+
+
+class Metrics:
+    """The service's metrics on a registry of its own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "aim_requests", "Requests answered", ["tier", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "aim_request_duration_seconds",
+            "Request latency",
+            ["tier", "route"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "aim_queue_wait_seconds", "Time from enqueue to forward pass", ["tier"],
+            buckets=_FAST, registry=r,
+        )
+        self.batch_size = Histogram(
+            "aim_batch_size", "Rows per forward pass", buckets=_BATCH, registry=r
+        )
+        self.forward = Histogram(
+            "aim_forward_seconds", "Model forward time per batch", buckets=_FAST, registry=r
+        )
+        self.modulation = Histogram(
+            "aim_modulation_seconds", "Logit modulation time per batch", buckets=_FAST, registry=r
+        )
+        self.queue_depth = Gauge("aim_queue_depth", "Requests waiting for a forward pass", registry=r)
+        self.tier_sigma = Gauge("aim_tier_sigma", "σ each tier is served at", ["tier"], registry=r)
+        self.tokens = Counter(
+            "aim_tokens_generated", "Tokens generated", ["tier"], registry=r
+        )
+        self.ttft = Histogram(
+            "aim_time_to_first_token_seconds", "Time to first token", ["tier"],
+            buckets=_LATENCY, registry=r,
+        )
+        self.itl = Histogram(
+            "aim_inter_token_latency_seconds", "Time between tokens", ["tier"],
+            buckets=_FAST, registry=r,
+        )
+
+    @_safe
+    def observe_request(self, tier: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(tier, route, str(status)).inc()
+        self.latency.labels(tier, route).observe(seconds)
+
+    @_safe
+    def observe_batch(
+        self, rows: int, forward_s: float, modulation_s: float, waits: list[tuple[str, float]]
+    ) -> None:
+        self.batch_size.observe(rows)
+        self.forward.observe(forward_s)
+        self.modulation.observe(modulation_s)
+        for tier, wait in waits:
+            self.queue_wait.labels(tier).observe(wait)
+
+    @_safe
+    def set_queue_depth(self, depth: int) -> None:
+        self.queue_depth.set(depth)
+
+    @_safe
+    def set_sigma(self, tier: str, sigma: float) -> None:
+        self.tier_sigma.labels(tier).set(sigma)
+
+    @_safe
+    def observe_token(self, tier: str, first: bool, seconds: float) -> None:
+        self.tokens.labels(tier).inc()
+        (self.ttft if first else self.itl).labels(tier).observe(seconds)
+
+    def __getattr__(self, name: str) -> Any:  # pragma: no cover - clearer error for typos
+        raise AttributeError(f"Metrics has no metric {name!r}")

@@ -1,0 +1,79 @@
+"""Networks of the shipped models. Both take raw inputs divided by 16, i.e. values in [0, 1]."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DIGIT_CLASSES = 10
+SCENE_CLASSES = 11  # background + the ten digits
+
+
+class DigitsCNN(nn.Module):
+    """8×8 digit classifier: conv 32 → conv 64 → max-pool → fc 128 → fc 10, with dropout."""
+
+    def __init__(self, num_classes: int = DIGIT_CLASSES) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(0.25),
+            nn.Linear(64 * 4 * 4, 128),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+            nn.Linear(128, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.classifier(self.features(x))
+        return out
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SceneSegmenter(nn.Module):
+    """Fully convolutional segmenter: N×1×H×W in [0, 1] → N×11×H×W logits (about 140k params).
+
+    The input is folded 4×4 pixels per cell (pixel-unshuffle), so the 3×3 convolutions run at 1/4
+    resolution with 64 channels: on CPU that is several times faster than full-resolution convs
+    with few channels. Four of them see 9×9 cells, 36 pixels, enough for a whole 16×16
+    (double-size) digit. A pixel-shuffle unfolds per-pixel features again, and 1×1 convs combine
+    them with the raw pixel, so stroke edges (a threshold on the pixel) stay exact.
+    Any H×W works: the input is zero-padded to multiples of 4 and the output cropped back.
+    """
+
+    FOLD = 4
+
+    def __init__(self, num_classes: int = SCENE_CLASSES, width: int = 64, hidden: int = 16) -> None:
+        super().__init__()
+        cells = self.FOLD * self.FOLD
+        self.body = nn.Sequential(
+            _block(cells, width), _block(width, width), _block(width, width), _block(width, width)
+        )
+        self.unfold = nn.Conv2d(width, hidden * cells, 1)
+        self.head = nn.Sequential(
+            nn.Conv2d(hidden + 1, 32, 1), nn.ReLU(inplace=True), nn.Conv2d(32, num_classes, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2], x.shape[-1]
+        pad_h, pad_w = (-height) % self.FOLD, (-width) % self.FOLD
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        cells = self.body(F.pixel_unshuffle(x, self.FOLD))
+        pixels = F.relu(F.pixel_shuffle(self.unfold(cells), self.FOLD))
+        out: torch.Tensor = self.head(torch.cat([pixels, x], dim=1))
+        return out[..., :height, :width]

@@ -1,0 +1,56 @@
+"""Errors of the model layer.
+
+``ModelLoadError`` is an operator's problem (a config or a file), found at start-up.
+``InputError`` is a client's problem (one input item), and carries the field relative to the item
+so the serving layer can prefix ``inputs[i]`` and answer a 422 without parsing messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_MAX_VALUE_CHARS = 60
+
+
+def describe_value(value: Any) -> str:
+    """A short repr for messages: a client may send a 400-digit integer or a long string."""
+    text = repr(value)
+    if len(text) > _MAX_VALUE_CHARS:
+        text = text[: _MAX_VALUE_CHARS - 3] + "..."
+    return text
+
+
+class ModelLoadError(RuntimeError):
+    """A model, its weights or its labels cannot be loaded; names the file (or spec) and why."""
+
+    def __init__(self, source: str, problem: str, kind: str = "model file") -> None:
+        self.source = source
+        self.problem = problem
+        super().__init__(f"cannot load {kind} '{source}': {problem}")
+
+
+class InputError(ValueError):
+    """One input item is malformed.
+
+    ``field`` is relative to the item ("" for the item itself, "[1][2]" for an element);
+    ``reason`` reads after the field name, e.g. "has shape (7, 8), expected (8, 8)".
+    """
+
+    def __init__(self, field: str, value: Any, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(self.message())
+
+    def message(self, prefix: str | None = None) -> str:
+        """The message with the field written as ``prefix + field``, e.g. `inputs[0][1]`.
+
+        Without a prefix, a relative field ("" or "[1][2]") is shown under the name `input`.
+        """
+        if prefix is None:
+            prefix = "input" if self.field == "" or self.field.startswith("[") else ""
+        return f"`{prefix}{self.field}` {self.reason}"
+
+    def with_prefix(self, prefix: str) -> InputError:
+        """The same error with ``prefix`` put in front of the field, e.g. "inputs[3]"."""
+        return InputError(prefix + self.field, self.value, self.reason)

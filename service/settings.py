@@ -1,0 +1,65 @@
+"""Settings: one typed object, from `AIM_` environment variables and CLI flags, passed in.
+
+Nothing here is read at import time; `Settings()` is built by the CLI (or a test) and handed to
+the app factory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Server settings. Every field can be set as `AIM_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="AIM_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    config: Path | None = None
+    """YAML service config (model and tiers); None serves the embedded `digits` model."""
+    keys_file: Path | None = None
+    """YAML keys file (id, tier, sha256 per key). Required unless `demo`."""
+    secret: SecretStr | None = None
+    """Server secret that keys the noise. Prefer `secret_file`; required unless `demo`."""
+    secret_file: Path | None = None
+    demo: bool = False
+    """Ephemeral keys (one per tier, printed once) and an ephemeral secret."""
+
+    noise: Literal["keyed", "fresh"] = "keyed"
+    """`fresh` draws new noise on every call: research use only (repeated queries undo it)."""
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    """Most rows (inputs) in one forward pass."""
+    max_wait_ms: float = Field(2.0, ge=0, le=1000)
+    """How long the batcher waits for more requests once it has one."""
+    queue_size: int = Field(256, ge=1)
+    """Most requests waiting for a forward pass; a full queue answers 503 at once."""
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    """Larger request bodies get 413."""
+    max_items: int = Field(64, ge=1)
+    """Most inputs in one request, for every tier (a tier may set a lower `max_items`)."""
+    max_focus_entries: int = Field(16, ge=0)
+    cache_dir: Path = Path.home() / ".cache" / "aim"
+    """Where tier calibrations are cached (keyed by a hash of model and calibration inputs)."""
+    log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
+
+    def secret_bytes(self) -> bytes | None:
+        """The server secret, from `secret` or `secret_file`; None when neither is set."""
+        if self.secret is not None and self.secret.get_secret_value():
+            return self.secret.get_secret_value().encode()
+        if self.secret_file is not None:
+            data = self.secret_file.read_bytes().strip()
+            if not data:
+                raise ValueError(f"secret_file {self.secret_file} is empty")
+            return data
+        return None
