@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from aim_client import AimClient, AsyncAimClient, StreamEvent
 
 API_KEY = "aim-test-key-7f3c9b2e41d8a6f0"
@@ -192,3 +191,9 @@ def error_response(
 def error() -> Callable[..., httpx.Response]:
     """Builds a contract error answer: `error(429, headers={"Retry-After": "2"})`."""
     return error_response
+
+
+@pytest.fixture
+def api_key() -> str:
+    """The key every test client sends; it must never leak into a repr, message or log."""
+    return API_KEY
