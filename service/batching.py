@@ -1,8 +1,9 @@
 """Dynamic, tier-aware batching: requests of any key and tier share one forward pass.
 
 The queue is bounded (a full queue answers 503 at once, it never blocks a client), the forward
-pass runs on a worker thread off the event loop, requests whose client went away are dropped
-before the forward pass, and `stop()` drains what was accepted.
+pass runs on a worker thread off the event loop, requests whose caller was cancelled (the HTTP
+layer cancels a request whose client went away) are dropped before the forward pass, and `stop()`
+drains what was accepted.
 """
 
 from __future__ import annotations
@@ -32,12 +33,11 @@ T = TypeVar("T", bound=Sized)
 
 @dataclass
 class Pending(Generic[T]):
-    """A queued work item with its future and the hook that says whether its client left."""
+    """A queued work item and the future its caller awaits (cancelled if the caller left)."""
 
     item: T
     future: asyncio.Future[Any]
     enqueued: float = field(default_factory=time.perf_counter)
-    disconnected: Callable[[], Awaitable[bool]] | None = None
 
 
 async def collect_batch(
@@ -93,6 +93,11 @@ class Batcher(Generic[T]):
         self._on_depth = on_depth or (lambda _d: None)
 
     @property
+    def alive(self) -> bool:
+        """False once the worker has stopped (shut down, or died): the server is then not ready."""
+        return self._worker is not None and not self._worker.done()
+
+    @property
     def depth(self) -> int:
         return self._queue.qsize()
 
@@ -100,15 +105,16 @@ class Batcher(Generic[T]):
         self._accepting = True
         self._worker = asyncio.get_running_loop().create_task(self._loop(), name="aim-batcher")
 
-    async def submit(
-        self, item: T, disconnected: Callable[[], Awaitable[bool]] | None = None
-    ) -> Any:
-        """Queue an item and wait for its result. Raises `Unavailable` at once if full/closed."""
+    async def submit(self, item: T) -> Any:
+        """Queue an item and wait for its result. Raises `Unavailable` at once if full/closed.
+
+        Cancelling the caller cancels the item: it is skipped if its batch has not run yet.
+        """
         if not self._accepting:
             raise Unavailable("the server is shutting down", headers={"Retry-After": "1"})
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(Pending(item, future, disconnected=disconnected))
+            self._queue.put_nowait(Pending(item, future))
         except asyncio.QueueFull:
             raise Unavailable(
                 "the request queue is full, try again shortly", headers={"Retry-After": "1"}
@@ -125,10 +131,7 @@ class Batcher(Generic[T]):
         while True:
             batch = await collect_batch(self._queue, self.max_rows, self.max_wait)
             self._on_depth(self._queue.qsize())
-            live = [p for p in batch if not p.future.done() and not await _gone(p)]
-            for p in batch:
-                if p not in live and not p.future.done():
-                    p.future.cancel()
+            live = [p for p in batch if not p.future.done()]
             if not live:
                 continue
             now = time.perf_counter()
@@ -138,7 +141,7 @@ class Batcher(Generic[T]):
                 results = await loop.run_in_executor(
                     self._executor, self._run_batch, [p.item for p in live]
                 )
-            except Exception as exc:  # noqa: BLE001 - the engine isolates items; this is a last resort
+            except Exception as exc:
                 log.exception("batch failed")
                 results = [exc] * len(live)
             for p, result in zip(live, results, strict=True):
@@ -166,10 +169,25 @@ class Batcher(Generic[T]):
         self._executor.shutdown(wait=True)
 
 
-async def _gone(p: Pending[Any]) -> bool:
-    if p.disconnected is None:
-        return False
+async def submit_until_disconnect(
+    batcher: Batcher[Any], item: Any, receive: Callable[[], Awaitable[Any]]
+) -> Any:
+    """`batcher.submit(item)`, cancelled if the ASGI `receive` reports the client went away.
+
+    Called once the body has been read, so the next message `receive` yields is the
+    disconnect (uvicorn), and the watcher costs nothing while the request is served.
+    """
+    task = asyncio.ensure_future(batcher.submit(item))
+
+    async def watch() -> None:
+        while True:
+            message = await receive()
+            if message.get("type") == "http.disconnect":
+                task.cancel()
+                return
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        return await p.disconnected()
-    except Exception:  # noqa: BLE001 - if we cannot tell, serve it
-        return False
+        return await task
+    finally:
+        watcher.cancel()

@@ -1,4 +1,5 @@
-"""The `aim` command: serve, keys, calibrate, eval. It parses flags and wires; logic lives elsewhere."""
+"""The `aim` command: serve, keys, calibrate, eval. It parses flags and wires; logic lives in
+the modules it calls."""
 
 from __future__ import annotations
 
@@ -24,14 +25,18 @@ def _floats(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of numbers"
+        ) from None
     if not values:
         raise argparse.ArgumentTypeError("the list is empty")
     return values
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aim", description="AIM serving: one model, several tiers.")
+    parser = argparse.ArgumentParser(
+        prog="aim", description="AIM serving: one model, several tiers."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve a model over HTTP")
@@ -40,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--device", choices=["cpu", "cuda", "auto"], default=None)
-    serve.add_argument("--demo", action="store_true", help="ephemeral keys (printed once) and secret")
+    serve.add_argument(
+        "--demo", action="store_true", help="ephemeral keys (printed once) and secret"
+    )
     serve.add_argument("--workers-threads", type=int, default=None, help=argparse.SUPPRESS)
 
     keys = sub.add_parser("keys", help="manage API keys")

@@ -80,14 +80,14 @@ class Engine:
         )
         entries = [it.focus for it in items for _ in range(it.rows)]
         spatial = tuple(logits.shape[2:]) if logits.dim() == 4 else None
-        fld = focus_field(entries, logits.shape[1], spatial, device)  # type: ignore[arg-type]
-        out = modulate(logits, BatchModulation(sigma.to(device), seeds.to(device), fld), self.source)
+        fld = focus_field(entries, logits.shape[1], spatial, device)
+        out = modulate(
+            logits, BatchModulation(sigma.to(device), seeds.to(device), fld), self.source
+        )
         if device.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
-        results = (
-            self._classify(out, items) if out.dim() == 2 else self._segment(out, items)
-        )
+        results = self._classify(out, items) if out.dim() == 2 else self._segment(out, items)
         self.metrics.observe_batch(
             sum(rows), t1 - t0, t2 - t1, [(it.tier, it.queue_wait) for it in items]
         )

@@ -1,13 +1,13 @@
 """Domain errors of the service, turned into HTTP answers at the edge (`api/errors.py`).
 
-    ServiceError
-    ├── Unauthorized        401  no key, or a key we do not know
-    ├── Forbidden           403  a tier above the key's, or a feature the tier does not include
-    ├── PayloadTooLarge     413  body or item count over the limit
-    ├── UnsupportedMedia    415  a body that is not JSON
-    ├── InvalidInput        422  bad input; names the field
-    ├── RateLimited         429  the tier's rate limit; carries Retry-After
-    └── Unavailable         503  queue full, shutting down or not ready; answered at once
+ServiceError
+├── Unauthorized        401  no key, or a key we do not know
+├── Forbidden           403  a tier above the key's, or a feature the tier does not include
+├── PayloadTooLarge     413  body or item count over the limit
+├── UnsupportedMedia    415  a body that is not JSON
+├── InvalidInput        422  bad input; names the field
+├── RateLimited         429  the tier's rate limit; carries Retry-After
+└── Unavailable         503  queue full, shutting down or not ready; answered at once
 """
 
 from __future__ import annotations

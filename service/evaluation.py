@@ -42,7 +42,9 @@ def load(model: str) -> Any:
 
 
 def forward_all(adapter: Any, inputs: torch.Tensor) -> torch.Tensor:
-    return torch.cat([adapter.forward(inputs[i : i + BATCH]).cpu() for i in range(0, len(inputs), BATCH)])
+    return torch.cat(
+        [adapter.forward(inputs[i : i + BATCH]).cpu() for i in range(0, len(inputs), BATCH)]
+    )
 
 
 def read_inputs(path: Path, adapter: Any) -> torch.Tensor:
@@ -82,7 +84,9 @@ def calibrate_command(args: argparse.Namespace) -> int:
 
 
 def _source(kind: str) -> NoiseSource:
-    return KeyedNoise(EVAL_SECRET) if kind == "keyed" else FreshNoise(torch.Generator().manual_seed(0))
+    return (
+        KeyedNoise(EVAL_SECRET) if kind == "keyed" else FreshNoise(torch.Generator().manual_seed(0))
+    )
 
 
 def _batches(n: int) -> Iterator[slice]:
@@ -110,7 +114,9 @@ def measure_utility(
         hits_acc = hits_agree = 0.0
         total = 0
         for s in _batches(n):
-            out = modulate(logits[s], BatchModulation(torch.full((s.stop - s.start,), sigma), seeds[s]), source)
+            out = modulate(
+                logits[s], BatchModulation(torch.full((s.stop - s.start,), sigma), seeds[s]), source
+            )
             pred = _decisions_argmax(out)
             hits_acc += float((pred == labels[s]).sum())
             hits_agree += float((pred == clean[s]).sum())
@@ -159,7 +165,9 @@ def eval_focus_command(args: argparse.Namespace) -> int:
     elif args.cls.isdigit() and int(args.cls) < len(names):
         index = int(args.cls)
     else:
-        print(f"aim eval focus: --class {args.cls!r} is not a label of {args.model}", file=sys.stderr)
+        print(
+            f"aim eval focus: --class {args.cls!r} is not a label of {args.model}", file=sys.stderr
+        )
         return 2
     source = KeyedNoise(EVAL_SECRET)
     n = logits.shape[0]
@@ -179,7 +187,11 @@ def eval_focus_command(args: argparse.Namespace) -> int:
             acc += float((pred == labels[s]).sum())
             total += pred.numel()
         rows.append(
-            {"strength": strength, "class_share": round(share / total, 5), "accuracy": round(acc / total, 5)}
+            {
+                "strength": strength,
+                "class_share": round(share / total, 5),
+                "accuracy": round(acc / total, 5),
+            }
         )
     args.out.mkdir(parents=True, exist_ok=True)
     _write_csv(args.out / "focus.csv", rows)
@@ -225,7 +237,9 @@ def _plot_utility(path: Path, rows: list[dict[str, Any]], model: str) -> None:
     plt.close(fig)
 
 
-def _plot_focus(path: Path, rows: list[dict[str, Any]], model: str, label: str, direction: str) -> None:
+def _plot_focus(
+    path: Path, rows: list[dict[str, Any]], model: str, label: str, direction: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

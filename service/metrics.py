@@ -26,7 +26,7 @@ def _safe(fn: Callable[P, None]) -> Callable[P, None]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
         try:
             fn(*args, **kwargs)
-        except Exception:  # noqa: BLE001 - hooks must never break the request path
+        except Exception:
             log.exception("metrics hook failed")
 
     return wrapper
@@ -49,8 +49,11 @@ class Metrics:
             registry=r,
         )
         self.queue_wait = Histogram(
-            "aim_queue_wait_seconds", "Time from enqueue to forward pass", ["tier"],
-            buckets=_FAST, registry=r,
+            "aim_queue_wait_seconds",
+            "Time from enqueue to forward pass",
+            ["tier"],
+            buckets=_FAST,
+            registry=r,
         )
         self.batch_size = Histogram(
             "aim_batch_size", "Rows per forward pass", buckets=_BATCH, registry=r
@@ -61,18 +64,24 @@ class Metrics:
         self.modulation = Histogram(
             "aim_modulation_seconds", "Logit modulation time per batch", buckets=_FAST, registry=r
         )
-        self.queue_depth = Gauge("aim_queue_depth", "Requests waiting for a forward pass", registry=r)
-        self.tier_sigma = Gauge("aim_tier_sigma", "σ each tier is served at", ["tier"], registry=r)
-        self.tokens = Counter(
-            "aim_tokens_generated", "Tokens generated", ["tier"], registry=r
+        self.queue_depth = Gauge(
+            "aim_queue_depth", "Requests waiting for a forward pass", registry=r
         )
+        self.tier_sigma = Gauge("aim_tier_sigma", "σ each tier is served at", ["tier"], registry=r)
+        self.tokens = Counter("aim_tokens_generated", "Tokens generated", ["tier"], registry=r)
         self.ttft = Histogram(
-            "aim_time_to_first_token_seconds", "Time to first token", ["tier"],
-            buckets=_LATENCY, registry=r,
+            "aim_time_to_first_token_seconds",
+            "Time to first token",
+            ["tier"],
+            buckets=_LATENCY,
+            registry=r,
         )
         self.itl = Histogram(
-            "aim_inter_token_latency_seconds", "Time between tokens", ["tier"],
-            buckets=_FAST, registry=r,
+            "aim_inter_token_latency_seconds",
+            "Time between tokens",
+            ["tier"],
+            buckets=_FAST,
+            registry=r,
         )
 
     @_safe

@@ -14,7 +14,10 @@ class RateLimiter:
     """Buckets for one tier's limit. `acquire` answers 0 (go) or the seconds to wait."""
 
     def __init__(
-        self, limit: RateLimit, clock: Callable[[], float] = time.monotonic, max_buckets: int = 100_000
+        self,
+        limit: RateLimit,
+        clock: Callable[[], float] = time.monotonic,
+        max_buckets: int = 100_000,
     ) -> None:
         self.limit = limit
         self._clock = clock

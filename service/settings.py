@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     max_focus_entries: int = Field(16, ge=0)
     cache_dir: Path = Path.home() / ".cache" / "aim"
     """Where tier calibrations are cached (keyed by a hash of model and calibration inputs)."""
+    torch_threads: int | None = Field(None, ge=1, le=256)
+    """Intra-op threads of the forward pass on CPU. Default: half the cores (at least 1), so
+    the other half serves HTTP; small models batch better than they parallelise."""
     log_level: str = "INFO"
 
     @field_validator("log_level")

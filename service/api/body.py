@@ -57,6 +57,4 @@ def request_body(model: type[BaseModel]) -> dict[str, Any]:
     """`openapi_extra` declaring `model` as the JSON request body (refs inlined)."""
     schema = model.model_json_schema()
     inlined = _inline(schema, schema.get("$defs", {}))
-    return {
-        "requestBody": {"required": True, "content": {"application/json": {"schema": inlined}}}
-    }
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inlined}}}}

@@ -6,6 +6,7 @@ A 500 never carries internals: the client gets the request id, the log gets the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -29,7 +30,11 @@ def error_body(code: str, message: str, field: str | None = None) -> bytes:
 
 
 def error_response(
-    status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
     return Response(
         error_body(code, message, field),
@@ -55,7 +60,9 @@ def validation_error(errors: list[Any]) -> Response:
     first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": ""}
     loc = tuple(first.get("loc", ()))
     if first.get("type") == "json_invalid":
-        return error_response(422, "invalid_json", f"body is not valid JSON: {first.get('msg')}", "body")
+        return error_response(
+            422, "invalid_json", f"body is not valid JSON: {first.get('msg')}", "body"
+        )
     field = field_path(loc)
     msg = str(first.get("msg", "invalid value"))
     value = first.get("input")
@@ -63,7 +70,9 @@ def validation_error(errors: list[Any]) -> Response:
     if len(shown) > 80:
         shown = shown[:77] + "..."
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    message = f"`{field}`: {msg}" + (f", got {shown}" if first.get("type") != "missing" else "") + more
+    message = (
+        f"`{field}`: {msg}" + (f", got {shown}" if first.get("type") != "missing" else "") + more
+    )
     return error_response(422, "invalid_input", message, field)
 
 

@@ -35,7 +35,9 @@ class ServiceMiddleware:
         supplied = headers.get(b"x-request-id", b"").decode("latin-1")
         rid = supplied if _RID.fullmatch(supplied) else uuid.uuid4().hex
         token = request_id_var.set(rid)
-        status = 500
+        # 499 (client closed request, as nginx logs it) unless a response was started: a client
+        # that leaves before the answer is not a server error.
+        status = 499
         raw_rid = rid.encode()
 
         async def send_wrapper(message: Message) -> None:
@@ -57,6 +59,9 @@ class ServiceMiddleware:
                     return
                 receive = _replay(body, receive)
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            status = 500
+            raise
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")

@@ -31,7 +31,9 @@ async def prepare_inputs(inputs: list[Any], adapter: Any) -> torch.Tensor:
             else:
                 tensors.append(adapter.prepare(item))
         except InputError as exc:
-            raise InvalidInput(f"`inputs[{i}]{exc.field}`: {exc.reason}", f"inputs[{i}]{exc.field}") from None
+            raise InvalidInput(
+                f"`inputs[{i}]{exc.field}`: {exc.reason}", f"inputs[{i}]{exc.field}"
+            ) from None
     return torch.stack(tensors)
 
 
@@ -68,7 +70,9 @@ def focus_entries(
     for i, f in enumerate(items):
         where = f"focus[{i}]"
         if f.token is not None:
-            raise InvalidInput(f"`{where}.token`: only generation models take tokens", f"{where}.token")
+            raise InvalidInput(
+                f"`{where}.token`: only generation models take tokens", f"{where}.token"
+            )
         if f.region is not None and task != "segmentation":
             raise InvalidInput(
                 f"`{where}.region`: only segmentation models take a region", f"{where}.region"
@@ -77,7 +81,9 @@ def focus_entries(
         try:
             entries.append(FocusEntry.parse(index, f.direction, f.strength, f.region))
         except ModulationArgumentError as exc:
-            raise InvalidInput(f"`{where}.{exc.argument}`: {exc}", f"{where}.{exc.argument}") from None
+            raise InvalidInput(
+                f"`{where}.{exc.argument}`: {exc}", f"{where}.{exc.argument}"
+            ) from None
     return entries
 
 
@@ -124,7 +130,8 @@ async def build_item(
     limit = min(settings.max_items, tier.max_items or settings.max_items)
     if len(inputs) > limit:
         raise PayloadTooLarge(
-            f"`inputs`: at most {limit} items per request for tier {tier.name!r}, got {len(inputs)}",
+            f"`inputs`: at most {limit} items per request for tier {tier.name!r}, "
+            f"got {len(inputs)}",
             "inputs",
         )
     if focus and not tier.focus:

@@ -6,6 +6,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Up to three levels of nested numbers (C×H×W); spelled out, since a recursive "any array"
+# schema makes generated OpenAPI clients and fuzzers produce unbounded JSON.
+NESTED_NUMBERS: dict[str, Any] = {
+    "anyOf": [
+        {"type": "number"},
+        {
+            "type": "array",
+            "items": {
+                "anyOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}}]
+            },
+        },
+    ]
+}
+
 
 class FocusItem(BaseModel):
     """One focus entry: shift a class (or token) up or down, optionally inside a region."""
@@ -48,7 +62,19 @@ class PredictRequest(BaseModel):
     inputs: list[Any] = Field(
         min_length=1,
         description="Numeric arrays in the model's input shape, or {'image_b64': ...} objects.",
-        json_schema_extra={"items": {"anyOf": [{"type": "array"}, {"$ref": "#/$defs/ImageInput"}]}},
+        json_schema_extra={
+            "items": {
+                "anyOf": [
+                    {"type": "array", "items": NESTED_NUMBERS},
+                    {
+                        "type": "object",
+                        "properties": {"image_b64": {"type": "string"}},
+                        "required": ["image_b64"],
+                        "additionalProperties": False,
+                    },
+                ]
+            }
+        },
     )
     top_k: int | None = Field(None, ge=1, le=1000, description="Classes per prediction.")
     focus: list[FocusItem] = Field(default_factory=list, description="Focus entries.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -15,9 +16,9 @@ from typing import Any
 
 import torch
 
+from ..batching import Batcher
 from ..config import ServiceConfig
 from ..engine import Engine
-from ..batching import Batcher
 from ..errors import Unavailable
 from ..keys import KeyStore
 from ..metrics import Metrics
@@ -95,7 +96,7 @@ class AppState:
         started = time.perf_counter()
         try:
             adapter, tiers = await asyncio.to_thread(self._load_blocking)
-        except Exception as exc:  # noqa: BLE001 - reported by /readyz and the log
+        except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("model failed to load")
             return
@@ -130,6 +131,9 @@ class AppState:
         from ..models.registry import SHIPPED, ModelSpec
 
         device = resolve_device(self.settings.device)
+        if device.type == "cpu":
+            threads = self.settings.torch_threads or max(1, (os.cpu_count() or 2) // 2)
+            torch.set_num_threads(threads)
         spec: Any = self.config.model
         if isinstance(spec, dict):
             spec = ModelSpec.from_dict(spec, self.config.base_dir)
@@ -164,6 +168,8 @@ class AppState:
 
     def require_ready(self) -> tuple[LoadedModel, TierTable]:
         if self.model is None or self.tiers is None:
-            reason = "the model failed to load" if self.load_error else "the model is loading"
-            raise Unavailable(f"not ready: {reason}", headers={"Retry-After": "1"})
+            if self.load_error:
+                # Permanent until an operator acts: no Retry-After, so clients do not spin on it.
+                raise Unavailable("not ready: the model failed to load")
+            raise Unavailable("not ready: the model is loading", headers={"Retry-After": "1"})
         return self.model, self.tiers

@@ -1,0 +1,55 @@
+"""Model adapters, loaders, bundled data and the shipped models (``digits``, ``digit-scenes``).
+
+``load_model`` turns a shipped name, a ``ModelSpec``, a config file or a model file into a
+``VisionModel``: ``prepare``/``decode_image`` check one client item, ``forward`` gives logits.
+Generation models: see causal_lm.py.
+"""
+
+from .architectures import DigitsCNN, SceneSegmenter
+from .base import TASKS, InputSpec, Task, VisionModel
+from .data import DigitsSplits, digit_scenes, digits_splits
+from .errors import InputError, ModelLoadError
+from .loaders import fixed_batch_size, load_export, load_factory, load_torchscript, load_weights
+from .registry import (
+    LOADERS,
+    SHIPPED,
+    ModelSpec,
+    calibration_inputs,
+    heldout,
+    load_model,
+    metadata_json,
+    model_card,
+    read_labels,
+)
+from .scoring import accuracy, confusion_matrix, mean_iou
+
+__all__ = [
+    "LOADERS",
+    "SHIPPED",
+    "TASKS",
+    "DigitsCNN",
+    "DigitsSplits",
+    "InputError",
+    "InputSpec",
+    "ModelLoadError",
+    "ModelSpec",
+    "SceneSegmenter",
+    "Task",
+    "VisionModel",
+    "accuracy",
+    "calibration_inputs",
+    "confusion_matrix",
+    "digit_scenes",
+    "digits_splits",
+    "fixed_batch_size",
+    "heldout",
+    "load_export",
+    "load_factory",
+    "load_model",
+    "load_torchscript",
+    "load_weights",
+    "mean_iou",
+    "metadata_json",
+    "model_card",
+    "read_labels",
+]

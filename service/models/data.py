@@ -87,9 +87,7 @@ def _free_corners(occupied: np.ndarray, side: int) -> np.ndarray:
     return np.argwhere(counts == 0)
 
 
-def digit_scenes(
-    split: Split, n: int, seed: int, size: int = 32, digits_seed: int = 0
-) -> Pair:
+def digit_scenes(split: Split, n: int, seed: int, size: int = 32, digits_seed: int = 0) -> Pair:
     """``n`` synthetic canvases (N×size×size float32 in 0..16) and masks (N×size×size int64).
 
     Each canvas holds 2–4 digits of ``split`` (a quarter of them at double size) at random

@@ -12,9 +12,7 @@ def check_logits(logits: torch.Tensor) -> None:
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise ModulationArgumentError("logits", type(logits).__name__, "has to be a float tensor")
     if logits.dim() not in (2, 4):
-        raise ModulationArgumentError(
-            "logits", tuple(logits.shape), "has to be N×C or N×C×H×W"
-        )
+        raise ModulationArgumentError("logits", tuple(logits.shape), "has to be N×C or N×C×H×W")
     if not bool(torch.isfinite(logits).all()):
         bad = logits[~torch.isfinite(logits)].flatten()[0].item()
         raise ModulationArgumentError("logits", bad, "has to hold finite values only")
@@ -30,9 +28,7 @@ def check_sigma(sigma: torch.Tensor, rows: int) -> torch.Tensor:
     if not bool(torch.isfinite(sigma).all()):
         raise ModulationArgumentError("sigma", sigma.tolist(), "has to be finite")
     if bool((sigma < 0).any()):
-        raise ModulationArgumentError(
-            "sigma", float(sigma[sigma < 0][0]), "has to be non-negative"
-        )
+        raise ModulationArgumentError("sigma", float(sigma[sigma < 0][0]), "has to be non-negative")
     return sigma
 
 

@@ -45,7 +45,7 @@ def survival_probability(
     target: torch.Tensor | None = None,
     nodes: int = _NODES,
 ) -> torch.Tensor:
-    """P that class ``target`` (default: the unmodulated top-1) is top-1 after noise, per decision."""
+    """P that class ``target`` (default: the unmodulated top-1) stays top-1 under noise, per row."""
     if not math.isfinite(sigma) or sigma < 0:
         raise ModulationArgumentError("sigma", sigma, "has to be a finite non-negative number")
     z = decisions(logits).to(torch.float64)
@@ -56,7 +56,9 @@ def survival_probability(
     if k.shape != (d,):
         raise ModulationArgumentError("labels", tuple(k.shape), f"has to hold {d} values")
     if bool(((k < 0) | (k >= c)).any()):
-        raise ModulationArgumentError("labels", int(k[(k < 0) | (k >= c)][0]), f"has to be in [0, {c})")
+        raise ModulationArgumentError(
+            "labels", int(k[(k < 0) | (k >= c)][0]), f"has to be in [0, {c})"
+        )
     zk = z.gather(1, k[:, None])
     gaps = zk - z  # D×C, the own class has gap 0 and is masked out below
     own = torch.zeros_like(z, dtype=torch.bool).scatter_(1, k[:, None], True)

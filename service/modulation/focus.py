@@ -50,7 +50,8 @@ class FocusEntry:
         region: Sequence[int] | None = None,
     ) -> FocusEntry:
         """Build an entry from wire values: direction ``"up"``/``"down"`` or ±1."""
-        sign = {"up": 1, "down": -1, 1: 1, -1: -1}.get(direction)  # type: ignore[call-overload]
+        signs: dict[str | int, int] = {"up": 1, "down": -1, 1: 1, -1: -1}
+        sign = signs.get(direction)
         if sign is None:
             raise ModulationArgumentError("direction", direction, "has to be 'up' or 'down'")
         box = None

@@ -75,7 +75,7 @@ def _fmix(h: torch.Tensor) -> torch.Tensor:
 
 
 def _combine(h: torch.Tensor, v: torch.Tensor | int) -> torch.Tensor:
-    return _fmix((h ^ (v & _MASK31 if isinstance(v, int) else v & _MASK31)) * _M2 & _MASK31)
+    return _fmix((h ^ (v & _MASK31)) * _M2 & _MASK31)
 
 
 class KeyedNoise:
@@ -139,7 +139,9 @@ class KeyedNoise:
             self._cache[key] = (tables[0].to(device), tables[1].to(device), proj.to(device))
         return self._cache[key]
 
-    def digest(self, logits: torch.Tensor, seeds: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def digest(
+        self, logits: torch.Tensor, seeds: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor:
         """31-bit cell hash per decision: N for N×C logits, N×(H·W) for N×C×H×W."""
         n, c = logits.shape[:2]
         _, _, proj = self._tables(c, logits.device)

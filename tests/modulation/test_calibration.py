@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -20,7 +22,9 @@ def logits() -> torch.Tensor:
     return torch.randn(500, 10, generator=torch.Generator().manual_seed(0)) * 5
 
 
-def _monte_carlo(logits: torch.Tensor, sigma: float, target: torch.Tensor, draws: int = 400) -> float:
+def _monte_carlo(
+    logits: torch.Tensor, sigma: float, target: torch.Tensor, draws: int = 400
+) -> float:
     gen = torch.Generator().manual_seed(1)
     hits = 0.0
     for _ in range(draws):
@@ -46,7 +50,7 @@ def test_accuracy_with_labels_matches_monte_carlo(logits: torch.Tensor) -> None:
 def test_agreement_is_monotone_from_one_to_chance(logits: torch.Tensor) -> None:
     values = [expected_agreement(logits, s) for s in (0.0, 0.1, 1.0, 4.0, 16.0, 1000.0)]
     assert values[0] == 1.0
-    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(values))
     assert abs(values[-1] - 0.1) < 0.01
 
 

@@ -51,7 +51,9 @@ def test_functions_do_not_modify_input(keyed: KeyedNoise, shape: tuple[int, ...]
     z = torch.randn(*shape)
     before = z.clone()
     field = focus_field(
-        [[FocusEntry(1, 1, 2.0)]] * shape[0], shape[1], spatial=shape[2:] if len(shape) == 4 else None
+        [[FocusEntry(1, 1, 2.0)]] * shape[0],
+        shape[1],
+        spatial=shape[2:] if len(shape) == 4 else None,
     )
     params = BatchModulation(torch.full((shape[0],), 2.0), _seeds(keyed, shape[0]), field)
     for source in (keyed, FreshNoise()):
@@ -67,10 +69,14 @@ def test_mixed_tier_batch_equals_rows_one_by_one(keyed: KeyedNoise, shape: tuple
     n = shape[0]
     pairs = [(f"key{i % 3}", ["gold", "silver", "bronze"][i % 3]) for i in range(n)]
     sigma = torch.tensor([[0.0, 2.0, 8.0][i % 3] for i in range(n)])
-    entries = [[FocusEntry(i % shape[1], 1 if i % 2 else -1, 3.0)] if i % 2 else [] for i in range(n)]
+    entries = [
+        [FocusEntry(i % shape[1], 1 if i % 2 else -1, 3.0)] if i % 2 else [] for i in range(n)
+    ]
     spatial = shape[2:] if len(shape) == 4 else None
     batch = modulate(
-        z, BatchModulation(sigma, keyed.seeds(pairs), focus_field(entries, shape[1], spatial)), keyed
+        z,
+        BatchModulation(sigma, keyed.seeds(pairs), focus_field(entries, shape[1], spatial)),
+        keyed,
     )
     for i in range(n):
         one = modulate(

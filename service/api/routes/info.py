@@ -42,8 +42,10 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", tags=["health"], responses={503: {"description": "Not ready"}})
 async def readyz(state: State) -> Response:
     """Readiness: the model is loaded, warmed up and the tiers calibrated."""
-    if state.model is not None:
+    if state.model is not None and (state.batcher is None or state.batcher.alive):
         return json_response({"status": "ready"})
+    if state.model is not None:
+        return json_response({"status": "stopped"}, status=503)
     status = "failed" if state.load_error else "loading"
     return json_response({"status": status}, status=503)
 

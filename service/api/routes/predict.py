@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from ...batching import submit_until_disconnect
 from ..body import json_response, read_model, request_body
 from ..deps import TIER_HEADER, State, authenticate, charge, resolve_caller
 from ..parsing import build_item
@@ -35,7 +36,7 @@ async def predict(request: Request, state: State) -> Response:
         body.inputs, body.focus, body.top_k, caller, model.adapter, state.settings, seed
     )
     assert state.batcher is not None
-    predictions = await state.batcher.submit(item, request.is_disconnected)
+    predictions = await submit_until_disconnect(state.batcher, item, request.receive)
     return json_response(
         {
             "model": state.name,

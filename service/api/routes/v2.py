@@ -15,11 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from ... import __version__
+from ...batching import submit_until_disconnect
 from ...errors import InvalidInput, ServiceError
 from ..body import json_response, read_model, request_body
 from ..deps import TIER_HEADER, State, authenticate, charge, resolve_caller
 from ..parsing import build_item
-from ..schemas import ERROR_RESPONSES, FocusItem
+from ..schemas import ERROR_RESPONSES, NESTED_NUMBERS, FocusItem
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
@@ -37,16 +38,23 @@ class InferTensor(BaseModel):
     name: str = Field(max_length=256)
     shape: list[int] = Field(min_length=1, max_length=8)
     datatype: Literal["FP32", "FP64", "FP16", "INT8", "INT16", "INT32", "INT64", "UINT8"]
-    data: list[Any]
-    parameters: dict[str, Any] | None = None
+    data: list[Any] = Field(json_schema_extra={"items": NESTED_NUMBERS})
+    parameters: dict[str, str | int | float | bool] | None = None
 
 
 class InferParameters(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # OIP clients may send parameters of their own; ignore them rather than fail.
+    model_config = ConfigDict(extra="ignore")
 
     tier: str | None = None
     focus: list[FocusItem] = Field(default_factory=list)
     top_k: int | None = Field(None, ge=1, le=1000)
+
+
+class RequestedOutput(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(max_length=256)
 
 
 class InferRequest(BaseModel):
@@ -54,7 +62,7 @@ class InferRequest(BaseModel):
 
     id: str | None = Field(None, max_length=256)
     inputs: list[InferTensor] = Field(min_length=1, max_length=1)
-    outputs: list[dict[str, Any]] | None = None
+    outputs: list[RequestedOutput] | None = None
     parameters: InferParameters | None = None
 
 
@@ -76,7 +84,9 @@ async def ready(state: State) -> Response:
 
 def _check_name(state: Any, name: str) -> None:
     if name != state.name:
-        raise NotFound(f"model {name!r} is not served here; this server serves {state.name!r}", "name")
+        raise NotFound(
+            f"model {name!r} is not served here; this server serves {state.name!r}", "name"
+        )
 
 
 @router.get("/models/{name}", responses={404: {"description": "Unknown model"}})
@@ -116,7 +126,9 @@ def _split_items(tensor: InferTensor) -> list[Any]:
     """OIP data may be flat (row-major) or nested; return one array per item of the batch."""
     shape = tensor.shape
     if any(d < 1 for d in shape) or math.prod(shape) > 50_000_000:
-        raise InvalidInput(f"`inputs[0].shape`: {shape} is not a valid batch shape", "inputs[0].shape")
+        raise InvalidInput(
+            f"`inputs[0].shape`: {shape} is not a valid batch shape", "inputs[0].shape"
+        )
     try:
         arr = np.asarray(tensor.data, dtype=np.float64)
     except (ValueError, TypeError, OverflowError):
@@ -141,10 +153,8 @@ async def infer(name: str, request: Request, state: State) -> Response:
     if model.task == "generation":
         raise InvalidInput("generation models are served by POST /predict", "name")
     body = await read_model(request, InferRequest)
-    params = body.parameters or InferParameters()
-    caller = resolve_caller(
-        request, record, tiers, params.tier or request.headers.get(TIER_HEADER)
-    )
+    params = body.parameters or InferParameters(tier=None, top_k=None)
+    caller = resolve_caller(request, record, tiers, params.tier or request.headers.get(TIER_HEADER))
     charge(caller)
     items = _split_items(body.inputs[0])
     seed = state.keyed.row_seed(caller.key.id, caller.tier.name)
@@ -160,13 +170,28 @@ async def infer(name: str, request: Request, state: State) -> Response:
             field = f"parameters.{field}"
         raise InvalidInput(exc.message, field) from None
     assert state.batcher is not None
-    preds = await state.batcher.submit(item, request.is_disconnected)
+    preds = await submit_until_disconnect(state.batcher, item, request.receive)
     n = len(preds)
     if model.task == "classification":
         outputs = [
-            {"name": "label", "datatype": "BYTES", "shape": [n], "data": [p["label"] for p in preds]},
-            {"name": "index", "datatype": "INT64", "shape": [n], "data": [p["index"] for p in preds]},
-            {"name": "score", "datatype": "FP32", "shape": [n], "data": [p["score"] for p in preds]},
+            {
+                "name": "label",
+                "datatype": "BYTES",
+                "shape": [n],
+                "data": [p["label"] for p in preds],
+            },
+            {
+                "name": "index",
+                "datatype": "INT64",
+                "shape": [n],
+                "data": [p["index"] for p in preds],
+            },
+            {
+                "name": "score",
+                "datatype": "FP32",
+                "shape": [n],
+                "data": [p["score"] for p in preds],
+            },
         ]
     else:
         h, w = len(preds[0]["mask"]), len(preds[0]["mask"][0])

@@ -1,0 +1,512 @@
+"""The adapter between a vision network and the service: input checks, decoding, forward.
+
+``VisionModel`` wraps any nn.Module-like callable (eager, TorchScript, torch.export) that maps
+N×C×H×W float inputs to logits (N×K for classification, N×K×H×W for segmentation). Clients send
+raw values (e.g. 0..16 for the digits); ``prepare`` checks them, divides by ``InputSpec.scale``
+and applies mean/std, so the network always sees the same preprocessing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .errors import InputError, describe_value
+
+Task = Literal["classification", "segmentation", "generation"]
+TASKS: tuple[str, ...] = ("classification", "segmentation", "generation")
+VISION_TASKS: tuple[str, ...] = ("classification", "segmentation")
+
+# Decompression-bomb guard: refuse before decoding anything larger (the header gives the size).
+MAX_IMAGE_SIDE = 4096
+MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
+MAX_INPUT_SIDE = 4096
+_NOT_AN_IMAGE = "is not a PNG or JPEG image"
+
+
+def _number(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{field}: {describe_value(value)} is not a number")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{field}: {value!r} is not a finite number")
+    return float(value)
+
+
+def _per_channel(value: Any, channels: int, field: str) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (_number(value, field),) * channels
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise ValueError(f"{field}: {describe_value(value)} is not a number or a list of numbers")
+    if len(value) != channels:
+        raise ValueError(f"{field}: has {len(value)} values, expected one per channel ({channels})")
+    return tuple(_number(v, f"{field}[{i}]") for i, v in enumerate(value))
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model accepts: ``shape`` C×H×W, raw values in [low, high].
+
+    The network receives ``(raw / scale - mean) / std`` (mean/std per channel, if given).
+    Images are mapped linearly from pixel 0..255 to [low, high] first.
+    """
+
+    shape: tuple[int, ...]
+    low: float = 0.0
+    high: float = 1.0
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if len(self.shape) != 3 or any(
+            isinstance(s, bool) or not isinstance(s, int) or not 0 < s <= MAX_INPUT_SIDE
+            for s in self.shape
+        ):
+            raise ValueError(f"input.shape: {self.shape!r} is not C, H, W (positive integers)")
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
+            raise ValueError(f"input.low, input.high: [{self.low}, {self.high}] is not a range")
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"input.scale: {self.scale!r} is not a positive number")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and len(values) != self.channels:
+                raise ValueError(
+                    f"input.{name}: has {len(values)} values, expected {self.channels}"
+                )
+        if self.std is not None and any(not s > 0 for s in self.std):
+            raise ValueError(f"input.std: {self.std!r} has to be positive")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], field: str = "input") -> InputSpec:
+        """Parse a config mapping; errors name the field, e.g. "model.input.shape: ...".
+
+        Defaults: low 0, high 1, scale = high when low is 0 (so raw / scale is in [0, 1]),
+        else 1; no mean/std. Only one of mean/std given means std 1 or mean 0.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{field}: expected a mapping with shape, low, high, mean, std, scale")
+        known = {"shape", "low", "high", "mean", "std", "scale"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"{field}.{unknown[0]}: unknown field (known: {', '.join(sorted(known))})"
+            )
+        shape = data.get("shape")
+        if (
+            not isinstance(shape, Sequence)
+            or isinstance(shape, str)
+            or len(shape) != 3
+            or any(isinstance(s, bool) or not isinstance(s, int) for s in shape)
+            or any(not 0 < s <= MAX_INPUT_SIDE for s in shape)
+        ):
+            raise ValueError(
+                f"{field}.shape: {describe_value(shape)} is not [channels, height, width] "
+                f"(positive integers up to {MAX_INPUT_SIDE})"
+            )
+        channels = int(shape[0])
+        low = _number(data.get("low", 0.0), f"{field}.low")
+        high = _number(data.get("high", 1.0), f"{field}.high")
+        if not low < high:
+            raise ValueError(f"{field}.high: {high:g} is not above low ({low:g})")
+        default_scale = high if low == 0 else 1.0
+        scale = _number(data.get("scale", default_scale), f"{field}.scale")
+        if scale <= 0:
+            raise ValueError(f"{field}.scale: {scale:g} is not positive")
+        mean = _per_channel(data.get("mean"), channels, f"{field}.mean")
+        std = _per_channel(data.get("std"), channels, f"{field}.std")
+        if std is not None and any(s <= 0 for s in std):
+            raise ValueError(f"{field}.std: {list(std)} has to be positive")
+        if mean is not None and std is None:
+            std = (1.0,) * channels
+        if std is not None and mean is None:
+            mean = (0.0,) * channels
+        return cls(tuple(int(s) for s in shape), low, high, mean, std, scale)
+
+    @property
+    def channels(self) -> int:
+        return self.shape[0]
+
+    @property
+    def accepted_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """C×H×W, and H×W for one channel (a grayscale image sent as rows of numbers)."""
+        if self.channels == 1:
+            return (self.shape, self.shape[1:])
+        return (self.shape,)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "shape": list(self.shape),
+            "low": self.low,
+            "high": self.high,
+            "mean": None if self.mean is None else list(self.mean),
+            "std": None if self.std is None else list(self.std),
+            "scale": self.scale,
+        }
+
+    def normalize(self, raw: np.ndarray) -> torch.Tensor:
+        """Raw values (…×C×H×W, already checked) → the float32 CPU tensor the network takes."""
+        x = np.asarray(raw, dtype=np.float32) / np.float32(self.scale)
+        if self.mean is not None and self.std is not None:
+            mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
+            std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+            x = (x - mean) / std
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def _field(index: Sequence[Any]) -> str:
+    return "".join(f"[{int(i)}]" for i in index)
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    return isinstance(value, (int, float, np.integer, np.floating))
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+class VisionModel:
+    """A classifier or segmenter with its labels and input spec, ready for batched inference.
+
+    ``module`` maps a float32 batch N×C×H×W on ``device`` to logits; ``fixed_batch`` is set for
+    modules compiled for one batch size (a static torch.export graph): ``forward`` then runs the
+    batch in chunks of that size. ``source`` (a file) is hashed by ``fingerprint`` when the
+    module has no state dict.
+    """
+
+    def __init__(
+        self,
+        module: Any,
+        *,
+        name: str,
+        task: Task,
+        labels: Sequence[str],
+        input_spec: InputSpec,
+        device: str | torch.device = "cpu",
+        fixed_batch: int | None = None,
+        source: str | None = None,
+    ) -> None:
+        if task not in VISION_TASKS:
+            raise ValueError(f"task: {task!r} is not one of {', '.join(VISION_TASKS)}")
+        if not labels:
+            raise ValueError("labels: a vision model needs at least one label")
+        self.module = module
+        self.name = name
+        self.task: Task = task
+        self.labels: list[str] = [str(label) for label in labels]
+        self.input_spec = input_spec
+        self.fixed_batch = fixed_batch
+        self.source = source
+        self.device = torch.device("cpu")
+        self._fingerprint: str | None = None
+        self.to(device)
+
+    def __repr__(self) -> str:
+        return (
+            f"VisionModel(name={self.name!r}, task={self.task!r}, classes={self.num_classes}, "
+            f"input={self.input_spec.shape}, device={self.device})"
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def prepare(self, item: Any) -> torch.Tensor:
+        """Check one raw item (nested lists or an array) and return the network's input.
+
+        Accepts the spec's C×H×W shape, or H×W for one channel. Raises ``InputError`` naming the
+        first bad element (field relative to the item, e.g. "[3][1]") or the shape.
+        """
+        raw = self._checked_array(item)
+        return self.input_spec.normalize(raw.reshape(self.input_spec.shape))
+
+    def _expected_text(self, ndim: int) -> str:
+        for shape in self.input_spec.accepted_shapes:
+            if len(shape) == ndim:
+                return _shape_text(shape)
+        return " or ".join(_shape_text(s) for s in self.input_spec.accepted_shapes)
+
+    def _shape_error(self, shape: Sequence[int]) -> InputError:
+        return InputError(
+            "",
+            tuple(shape),
+            f"has shape {_shape_text(shape)}, expected {self._expected_text(len(shape))}",
+        )
+
+    def _checked_array(self, item: Any) -> np.ndarray:
+        if isinstance(item, torch.Tensor):
+            item = item.detach().cpu()
+            item = (item.float() if item.is_floating_point() else item).numpy()
+        if isinstance(item, np.ndarray):
+            if item.dtype.kind == "O":
+                return self._checked_array(item.tolist())
+            if item.dtype.kind not in "iuf":
+                if item.shape not in self.input_spec.accepted_shapes:
+                    raise self._shape_error(item.shape)
+                first = item.reshape(-1)[0].item() if item.size else None
+                field = _field(np.unravel_index(0, item.shape)) if item.size else ""
+                kind = "a boolean" if item.dtype.kind == "b" else "not a number"
+                raise InputError(
+                    field, first, f"is {describe_value(first)}: {kind}, expected a number"
+                )
+            if item.shape not in self.input_spec.accepted_shapes:
+                raise self._shape_error(item.shape)
+            return self._checked_values(item.astype(np.float64, copy=False))
+        if not isinstance(item, (list, tuple)):
+            expected = " or ".join(_shape_text(s) for s in self.input_spec.accepted_shapes)
+            raise InputError(
+                "", item, f"is {describe_value(item)}, expected an array of shape {expected}"
+            )
+        try:
+            arr = np.asarray(item)
+        except (ValueError, TypeError, OverflowError, RecursionError):
+            arr = None  # ragged or deeply nested: the walk below names the element
+        if arr is None or arr.dtype.kind not in "iuf":
+            self._walk(item)  # raises for every structural or type problem it finds
+            try:
+                arr = np.asarray(item, dtype=np.float64)
+            except (ValueError, TypeError, OverflowError) as exc:  # pragma: no cover - walk checks
+                raise InputError("", None, "is not an array of numbers") from exc
+        if arr.shape not in self.input_spec.accepted_shapes:
+            raise self._shape_error(arr.shape)
+        # numpy silently turns True into 1 next to numbers: look at the element types per row.
+        if not self._plain_numbers(item, arr.ndim):
+            self._walk(item)
+        return self._checked_values(arr.astype(np.float64, copy=False))
+
+    @staticmethod
+    def _plain_numbers(item: Sequence[Any], ndim: int) -> bool:
+        rows: list[Sequence[Any]] = [item]
+        for _ in range(ndim - 1):
+            rows = [child for row in rows for child in row]
+        types: set[type] = set()
+        for row in rows:
+            types.update(map(type, row))
+        return types <= {int, float}
+
+    def _walk(self, item: Sequence[Any]) -> None:
+        """Find the first bad element in document order, for inputs the fast path refused."""
+        depth, node = 0, cast(Any, item)
+        while isinstance(node, (list, tuple)) and depth < 4:
+            depth += 1
+            node = node[0] if len(node) else None
+        if isinstance(node, (list, tuple)):
+            raise InputError("", None, "is nested too deeply, expected an array of numbers")
+        claimed = [len(item)]
+        node = item
+        for _ in range(depth - 1):
+            node = node[0]
+            claimed.append(len(node))
+        if tuple(claimed) not in self.input_spec.accepted_shapes:
+            raise self._shape_error(claimed)
+        self._walk_node(item, tuple(claimed), ())
+
+    def _walk_node(self, node: Any, shape: tuple[int, ...], index: tuple[int, ...]) -> None:
+        if not shape:
+            self._check_element(node, index)
+            return
+        if not isinstance(node, (list, tuple)):
+            raise InputError(
+                _field(index),
+                node,
+                f"is {describe_value(node)}, expected a list of {shape[0]} "
+                + ("numbers" if len(shape) == 1 else "lists"),
+            )
+        if len(node) != shape[0]:
+            raise InputError(
+                _field(index), len(node), f"has length {len(node)}, expected {shape[0]}"
+            )
+        for i, child in enumerate(node):
+            self._walk_node(child, shape[1:], (*index, i))
+
+    def _check_element(self, value: Any, index: tuple[int, ...]) -> None:
+        field = _field(index)
+        if isinstance(value, (list, tuple)):
+            raise InputError(field, value, "is a list, expected a number")
+        if isinstance(value, (bool, np.bool_)):
+            raise InputError(field, value, f"is {value!r}: a boolean, expected a number")
+        if not _is_number(value):
+            raise InputError(field, value, f"is {describe_value(value)}, expected a number")
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf if value > 0 else -math.inf
+        if not math.isfinite(number):
+            reason = f"is {describe_value(value)}, expected a finite number"
+            if isinstance(value, (int, np.integer)):
+                reason = f"is {describe_value(value)}, {self._range_text()}"
+            raise InputError(field, value, reason)
+        if not self.input_spec.low <= number <= self.input_spec.high:
+            raise InputError(field, value, f"is {describe_value(value)}, {self._range_text()}")
+
+    def _range_text(self) -> str:
+        return f"outside the accepted range [{self.input_spec.low:g}, {self.input_spec.high:g}]"
+
+    def _checked_values(self, arr: np.ndarray) -> np.ndarray:
+        """Finite and in [low, high]; names the first bad element in document order."""
+        spec = self.input_spec
+        bad = ~np.isfinite(arr) | (arr < spec.low) | (arr > spec.high)
+        if bad.any():
+            flat = int(np.flatnonzero(bad)[0])
+            index = np.unravel_index(flat, arr.shape)
+            value = float(arr[index])
+            if math.isfinite(value):
+                reason = f"is {value:g}, {self._range_text()}"
+            else:
+                reason = f"is {value!r}, expected a finite number"
+            raise InputError(_field(index), value, reason)
+        return arr
+
+    def decode_image(self, data: bytes) -> torch.Tensor:
+        """PNG/JPEG bytes → the network's input (grayscale or RGB, resized to H×W).
+
+        Pixels 0..255 map linearly to [low, high]; then the same normalisation as ``prepare``.
+        Images above 4096×4096 pixels are refused from their header, before decoding.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InputError("", type(data).__name__, _NOT_AN_IMAGE)
+        channels, height, width = self.input_spec.shape
+        if channels not in (1, 3):
+            raise InputError("", None, f"cannot be an image: the model takes {channels} channels")
+        mode = "L" if channels == 1 else "RGB"
+        try:
+            image = Image.open(io.BytesIO(bytes(data)), formats=["PNG", "JPEG"])
+        except Image.DecompressionBombError as exc:
+            raise InputError("", None, f"is larger than {MAX_IMAGE_SIDE}×{MAX_IMAGE_SIDE}") from exc
+        except Exception as exc:  # Pillow raises many types for garbage; all mean the same here
+            raise InputError("", f"{len(data)} bytes", _NOT_AN_IMAGE) from exc
+        with image:
+            w, h = image.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise InputError(
+                    "",
+                    (w, h),
+                    f"is a {w}×{h} image, more than {MAX_IMAGE_SIDE}×{MAX_IMAGE_SIDE} pixels",
+                )
+            try:
+                if image.format == "JPEG":
+                    image.draft(mode, (width, height))  # decode big JPEGs at a reduced scale
+                converted = image.convert(mode)
+                shrinking = converted.width >= width and converted.height >= height
+                resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
+                resized = converted.resize((width, height), resample)
+                pixels = np.asarray(resized, dtype=np.float32)
+            except Exception as exc:  # truncated or corrupt data surfaces only when decoding
+                raise InputError("", f"{len(data)} bytes", _NOT_AN_IMAGE) from exc
+        pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        spec = self.input_spec
+        raw = spec.low + (spec.high - spec.low) * (pixels / 255.0)
+        return spec.normalize(raw)
+
+    # -- inference ------------------------------------------------------------------------------
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """N×C×H×W prepared inputs (any device) → float32 logits on ``self.device``.
+
+        Classification gives N×K, segmentation N×K×H×W (resized to the input's H×W when the
+        network answers at a lower resolution).
+        """
+        if batch.dim() != 4 or tuple(batch.shape[1:]) != self.input_spec.shape:
+            layout = "×".join(map(str, self.input_spec.shape))
+            raise ValueError(f"batch: shape {tuple(batch.shape)} is not N×{layout}")
+        with torch.inference_mode():
+            x = batch.to(self.device, torch.float32)
+            n = x.shape[0]
+            if self.fixed_batch is None or n == self.fixed_batch:
+                out = self._call(x)
+            else:
+                out = torch.cat(
+                    [
+                        self._call_padded(x[i : i + self.fixed_batch])
+                        for i in range(0, n, self.fixed_batch)
+                    ]
+                )
+            return self._checked_output(out, n)
+
+    def _call_padded(self, chunk: torch.Tensor) -> torch.Tensor:
+        size = cast(int, self.fixed_batch)
+        missing = size - chunk.shape[0]
+        if missing:
+            chunk = torch.cat([chunk, chunk[:1].expand(missing, *chunk.shape[1:])])
+        return self._call(chunk)[: size - missing]
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.module(x)
+        # Common wrappers: torchvision segmenters return {"out": ...}, some models a tuple.
+        if isinstance(out, Mapping):
+            out = out.get("out", out.get("logits", next(iter(out.values()), None)))
+        elif isinstance(out, (tuple, list)) and out:
+            out = out[0]
+        if not isinstance(out, torch.Tensor):
+            raise RuntimeError(f"model {self.name!r} returned {type(out).__name__}, not a tensor")
+        return out
+
+    def _checked_output(self, out: torch.Tensor, n: int) -> torch.Tensor:
+        want = 2 if self.task == "classification" else 4
+        shape = tuple(out.shape)
+        if out.dim() != want or shape[0] != n or shape[1] != self.num_classes:
+            layout = "N×K" if want == 2 else "N×K×H×W"
+            raise RuntimeError(
+                f"model {self.name!r} returned logits of shape {shape}; expected {layout} with "
+                f"N={n} and K={self.num_classes} (one per label)"
+            )
+        if want == 4 and shape[2:] != self.input_spec.shape[1:]:
+            out = F.interpolate(out.float(), size=self.input_spec.shape[1:], mode="bilinear")
+        return out.to(self.device, torch.float32)
+
+    def to(self, device: str | torch.device) -> VisionModel:
+        """Move the network; "auto" picks CUDA when there is one."""
+        if str(device) == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        target = torch.device(device)
+        moved = self.module.to(target) if hasattr(self.module, "to") else self.module
+        self.module = moved if moved is not None else self.module
+        self.device = target
+        return self
+
+    def warmup(self, batch_sizes: Sequence[int] = (1, 8)) -> None:
+        """Run a batch of each size once (allocations, kernel selection, output checks)."""
+        spec = self.input_spec
+        item = spec.normalize(np.full(spec.shape, spec.low, dtype=np.float32))
+        for size in batch_sizes:
+            self.forward(item.expand(size, *spec.shape))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def fingerprint(self) -> str:
+        """sha256 over the weights (state dict in key order, else the model file), the labels,
+        the task and the input spec: a stable key for cached calibrations."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            state = self.module.state_dict() if hasattr(self.module, "state_dict") else {}
+            if state:
+                for key, tensor in state.items():
+                    t = tensor.detach().to("cpu").contiguous()
+                    digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
+                    digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            elif self.source is not None:
+                with open(self.source, "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+            else:
+                raise RuntimeError(f"model {self.name!r} has neither a state dict nor a file")
+            meta = {"labels": self.labels, "task": self.task, "input": self.input_spec.to_dict()}
+            digest.update(json.dumps(meta, sort_keys=True).encode())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint

@@ -1,0 +1,136 @@
+"""The batcher on plain queues (no server): sizes, waits, full queue, drain, gone clients."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pytest
+
+from service.batching import Batcher, Pending, collect_batch, submit_until_disconnect
+from service.errors import Unavailable
+
+pytestmark = pytest.mark.unit
+
+
+@dataclass
+class Item:
+    rows: int
+    value: int = 0
+    queue_wait: float = 0.0
+
+
+def _pending(item: Item) -> Pending[Item]:
+    return Pending(item, asyncio.get_running_loop().create_future())
+
+
+@pytest.mark.parametrize(
+    ("sizes", "max_rows", "expected"),
+    [
+        ([1] * 10, 4, 4),
+        ([2, 2, 2], 5, 2),
+        ([8, 1], 4, 1),  # a request larger than a batch still goes, alone
+        ([1, 1], 32, 2),  # fewer than max: the wait ends the batch
+    ],
+)
+async def test_collect_batch_respects_rows_and_wait(
+    sizes: list[int], max_rows: int, expected: int
+) -> None:
+    queue: asyncio.Queue[Pending[Item]] = asyncio.Queue()
+    for s in sizes:
+        queue.put_nowait(_pending(Item(s)))
+    batch = await collect_batch(queue, max_rows, max_wait=0.01)
+    assert len(batch) == expected
+    assert queue.qsize() == len(sizes) - expected
+
+
+async def test_collect_batch_keeps_order_when_an_item_does_not_fit() -> None:
+    queue: asyncio.Queue[Pending[Item]] = asyncio.Queue()
+    for i, s in enumerate([2, 3, 1]):
+        queue.put_nowait(_pending(Item(s, value=i)))
+    first = await collect_batch(queue, 4, 0.0)
+    second = await collect_batch(queue, 4, 0.0)
+    assert [p.item.value for p in first] == [0]
+    assert [p.item.value for p in second] == [1, 2]
+
+
+def _echo(items: Sequence[Item]) -> list[object]:
+    return [ValueError("bad") if it.value < 0 else it.value * 10 for it in items]
+
+
+async def test_results_and_errors_go_to_their_own_requests() -> None:
+    batcher: Batcher[Item] = Batcher(_echo, max_rows=8, max_wait=0.005)
+    batcher.start()
+    results = await asyncio.gather(
+        *(batcher.submit(Item(1, v)) for v in (1, -1, 3)), return_exceptions=True
+    )
+    assert results[0] == 10 and results[2] == 30
+    assert isinstance(results[1], ValueError)
+    await batcher.stop()
+
+
+async def test_full_queue_answers_503_at_once() -> None:
+    def slow(items: Sequence[Item]) -> list[object]:
+        time.sleep(0.3)
+        return [0] * len(items)
+
+    batcher: Batcher[Item] = Batcher(slow, max_rows=1, max_wait=0.0, queue_size=1)
+    batcher.start()
+    first = asyncio.ensure_future(batcher.submit(Item(1)))
+    await asyncio.sleep(0.05)  # the worker is now busy with the first item
+    second = asyncio.ensure_future(batcher.submit(Item(1)))  # fills the queue
+    await asyncio.sleep(0)
+    started = time.perf_counter()
+    with pytest.raises(Unavailable) as err:
+        await batcher.submit(Item(1))
+    assert time.perf_counter() - started < 0.1  # refused without waiting for the model
+    assert err.value.status == 503 and err.value.headers["Retry-After"] == "1"
+    assert await first == 0 and await second == 0
+    await batcher.stop()
+
+
+async def test_stop_drains_accepted_work_and_refuses_new() -> None:
+    def slow(items: Sequence[Item]) -> list[object]:
+        time.sleep(0.05)
+        return [it.value for it in items]
+
+    batcher: Batcher[Item] = Batcher(slow, max_rows=2, max_wait=0.0, queue_size=16)
+    batcher.start()
+    futures = [asyncio.ensure_future(batcher.submit(Item(1, v))) for v in range(6)]
+    await asyncio.sleep(0)
+    await batcher.stop()
+    assert [f.result() for f in futures] == list(range(6))
+    with pytest.raises(Unavailable):
+        await batcher.submit(Item(1))
+
+
+async def test_requests_of_gone_clients_are_dropped_before_the_forward_pass() -> None:
+    seen: list[int] = []
+
+    def record(items: Sequence[Item]) -> list[object]:
+        seen.extend(it.value for it in items)
+        return [0] * len(items)
+
+    disconnect = asyncio.Event()
+
+    async def receive() -> dict[str, str]:
+        await disconnect.wait()
+        return {"type": "http.disconnect"}
+
+    async def never() -> dict[str, str]:
+        await asyncio.Event().wait()
+        return {}
+
+    batcher: Batcher[Item] = Batcher(record, max_rows=8, max_wait=0.05)
+    batcher.start()
+    dropped = asyncio.ensure_future(submit_until_disconnect(batcher, Item(1, 1), receive))
+    kept = asyncio.ensure_future(submit_until_disconnect(batcher, Item(1, 2), never))
+    await asyncio.sleep(0.01)  # both queued, the batch still waiting for more
+    disconnect.set()
+    assert await kept == 0
+    with pytest.raises(asyncio.CancelledError):
+        await dropped
+    assert seen == [2]
+    await batcher.stop()

@@ -1,0 +1,99 @@
+"""Shared fixtures: keys per tier, and app/client factories for the digits service."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api.app import create_app
+from service.config import ServiceConfig
+from service.keys import KeyRecord, KeyStore, generate_key, hash_key
+from service.settings import Settings
+
+TEST_SECRET = b"test-secret-do-not-use"
+
+DIGITS_CONFIG: dict[str, Any] = {
+    "model": "digits",
+    "tiers": {
+        "gold": {"utility": 1.0},
+        "silver": {"utility": 0.85},
+        "bronze": {"utility": 0.6, "focus": False, "max_items": 4},
+        "trial": {"sigma": 4.0, "rate_limit": "2/m"},
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def api_keys() -> dict[str, str]:
+    """One plaintext key per tier of DIGITS_CONFIG, by tier name."""
+    return {tier: generate_key() for tier in DIGITS_CONFIG["tiers"]}
+
+
+@pytest.fixture(scope="session")
+def key_store(api_keys: dict[str, str]) -> KeyStore:
+    return KeyStore([KeyRecord(f"test-{t}", t, hash_key(k)) for t, k in api_keys.items()])
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("aim-cache")
+
+
+def wait_ready(client: TestClient, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = client.get("/readyz")
+        if r.status_code == 200:
+            return
+        if r.json().get("status") == "failed":
+            raise RuntimeError("model failed to load")
+        time.sleep(0.05)
+    raise TimeoutError("service did not become ready")
+
+
+ClientFactory = Callable[..., Any]
+
+
+@pytest.fixture(scope="session")
+def make_client(key_store: KeyStore, cache_dir: Path) -> ClientFactory:
+    """`with make_client(config_dict, **settings) as client:` yields a ready TestClient."""
+
+    @contextmanager
+    def factory(
+        config: dict[str, Any] | None = None, model: Any = None, **overrides: Any
+    ) -> Iterator[TestClient]:
+        settings = Settings(cache_dir=cache_dir, device="cpu", **overrides)
+        app = create_app(
+            settings,
+            ServiceConfig.from_dict(config or DIGITS_CONFIG),
+            key_store,
+            secret=TEST_SECRET,
+            model=model,
+        )
+        with TestClient(app, raise_server_exceptions=False) as client:
+            wait_ready(client)
+            yield client
+
+    return factory
+
+
+@pytest.fixture(scope="module")
+def client(make_client: ClientFactory) -> Iterator[TestClient]:
+    """A ready in-process client of the digits service (DIGITS_CONFIG tiers)."""
+    with make_client(max_wait_ms=5.0) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def heldout_digits() -> tuple[list[Any], list[int]]:
+    """Held-out digits as raw 8×8 lists (values 0..16) and their labels."""
+    from service.models.data import digits_splits
+
+    x, y = digits_splits().heldout
+    return [img.tolist() for img in x], [int(v) for v in y]

@@ -1,0 +1,316 @@
+"""The causal LM adapter: batched decoding with modulation at every step, and its calibration.
+
+A tiny Llama-style model is trained once per session from the corpus that ships with the repo
+(`scripts/make_tiny_lm.py`, a few seconds on a CPU), so nothing needs the network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from service.models.causal_lm import (
+    CausalLM,
+    GenerationRequest,
+    TokenEvent,
+    step_agreement,
+)
+from service.models.errors import InputError, ModelLoadError
+from service.modulation import FreshNoise, KeyedNoise
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPTS = [
+    "the cow says",
+    "count up: three four",
+    "a banana is",
+    "two plus three is",
+    "anna sees a",
+    "the",
+]
+
+
+def _load_script() -> Callable[..., Path]:
+    spec = importlib.util.spec_from_file_location("make_tiny_lm", ROOT / "scripts/make_tiny_lm.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    build: Callable[..., Path] = module.build_tiny_lm
+    return build
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Single-threaded torch: a model this small only loses time to threads on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny LM directory trained briefly (seeded) from the shipped corpus."""
+    build = _load_script()
+    return build(tmp_path_factory.mktemp("tiny_lm"), seed=0, steps=120)
+
+
+@pytest.fixture(scope="session")
+def lm(tiny_lm_dir: Path) -> CausalLM:
+    return CausalLM.load(tiny_lm_dir)
+
+
+@pytest.fixture(scope="session")
+def heldout_steps(lm: CausalLM, tiny_lm_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced step logits and next tokens of the held-out text."""
+    texts = (tiny_lm_dir / "heldout.txt").read_text().splitlines()
+    return lm.teacher_forced_logits(texts, max_tokens=4096)
+
+
+@pytest.fixture
+def keyed() -> KeyedNoise:
+    return KeyedNoise(b"test secret")
+
+
+def _hf_greedy(lm: CausalLM, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """`transformers` greedy decoding of left-padded prompts, cut after the first EOS."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), lm.pad_token_id)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    out = lm.model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=lm.pad_token_id,
+    )
+    rows = []
+    for row in out[:, width:].tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t in lm.eos_token_ids), len(row))
+        rows.append(row[:cut])
+    return rows
+
+
+# Loading -----------------------------------------------------------------------------------------
+
+
+def test_load_describes_the_model(lm: CausalLM, tiny_lm_dir: Path) -> None:
+    assert lm.task == "generation"
+    assert lm.name == tiny_lm_dir.name
+    assert lm.vocab_size == len(lm.tokenizer)
+    assert lm.max_context == 128
+    assert lm.eos_token_ids == frozenset({0})
+    assert len(lm.fingerprint()) == 64
+    assert lm.fingerprint() == CausalLM.load(tiny_lm_dir).fingerprint()
+
+
+def test_missing_model_directory_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ModelLoadError, match="no-such-model") as info:
+        CausalLM.load(missing)
+    assert "does not exist" in str(info.value)
+    empty = tmp_path / "empty-dir"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match=r"empty-dir.*config\.json"):
+        CausalLM.load(empty)
+
+
+def test_broken_model_directory_is_named(tmp_path: Path) -> None:
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="broken-model"):
+        CausalLM.load(broken)
+
+
+# Tokens ------------------------------------------------------------------------------------------
+
+
+def test_token_id_accepts_ids_and_single_token_strings(lm: CausalLM) -> None:
+    moo = lm.tokenizer.convert_tokens_to_ids("Ġmoo")
+    assert lm.token_id("moo") == moo
+    assert lm.token_id(" moo") == moo
+    assert lm.token_id("Ġmoo") == moo
+    assert lm.token_id(moo) == moo
+    assert lm.decode(lm.encode("the cow says moo.")) == "the cow says moo."
+
+
+@pytest.mark.parametrize("token", ["zebra-unicorn", "the cow", ""])
+def test_unknown_focus_token_is_named(lm: CausalLM, token: str) -> None:
+    with pytest.raises(ValueError, match="token") as info:
+        lm.token_id(token)
+    assert isinstance(info.value, InputError)
+    assert repr(token) in str(info.value) or token == ""
+
+
+def test_out_of_range_token_id_is_named(lm: CausalLM) -> None:
+    with pytest.raises(ValueError, match=str(lm.vocab_size + 7)):
+        lm.token_id(lm.vocab_size + 7)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("temperature", -1.0), ("top_p", 0.0), ("sigma", float("nan")), ("max_new_tokens", 0)],
+)
+def test_bad_request_fields_are_named(field: str, value: float) -> None:
+    knobs: dict[str, Any] = {field: value}
+    with pytest.raises(InputError, match=field):
+        GenerationRequest(prompt_ids=(0, 5), **knobs)
+
+
+def test_prompt_that_overflows_the_context_is_refused(lm: CausalLM) -> None:
+    request = GenerationRequest(prompt_ids=(0,) * 100, max_new_tokens=50)
+    with pytest.raises(InputError, match="max_new_tokens"):
+        lm.generate([request], FreshNoise())
+
+
+# Decoding ----------------------------------------------------------------------------------------
+
+
+def test_sigma_zero_is_plain_greedy_decoding_in_a_mixed_length_batch(lm: CausalLM) -> None:
+    prompts = [lm.encode(p) for p in PROMPTS]
+    assert len({len(p) for p in prompts}) > 2  # left padding is exercised
+    requests = [GenerationRequest(tuple(p), max_new_tokens=14) for p in prompts]
+    batch = lm.start(requests, FreshNoise())
+    while not batch.done:
+        batch.step()
+    ours = [batch.tokens(row) for row in range(batch.size)]
+    assert ours == _hf_greedy(lm, prompts, 14)  # the same padded batch in transformers
+    assert ours == [_hf_greedy(lm, [p], 14)[0] for p in prompts]  # each prompt alone
+    assert any(len(t) > 3 for t in ours)
+    # Keyed noise at σ = 0 leaves every step exact too.
+    assert lm.generate(requests, KeyedNoise(b"k")) == batch.results()
+
+
+def test_rows_finish_on_their_own_budget_or_eos(lm: CausalLM) -> None:
+    requests = [lm.request("the cow says", max_new_tokens=30), lm.request("anna", max_new_tokens=2)]
+    batch = lm.start(requests, FreshNoise())
+    first = batch.step()
+    assert all(t is not None for t in first)
+    second = batch.step()
+    assert batch.finish_reason(1) == "length" and len(batch.tokens(1)) == 2
+    assert second[1] is not None and batch.running() == [0]
+    assert batch.step()[1] is None  # a finished row stops counting
+    while not batch.done:
+        batch.step()
+    results = batch.results()
+    assert results[0].finish_reason == "stop"  # the sentence ends with EOS ...
+    assert batch.tokens(0)[-1] in lm.eos_token_ids
+    assert list(results[0].token_ids) == batch.tokens(0)[:-1]  # ... which is not in the text
+    assert results[0].text == lm.decode(results[0].token_ids) and results[0].text.endswith(".")
+    assert results[1].finish_reason == "length" and len(results[1].token_ids) == 2
+
+
+def test_same_request_with_keyed_noise_gives_the_same_text(lm: CausalLM, keyed: KeyedNoise) -> None:
+    seed = keyed.row_seed("key-a", "silver")
+    requests = [
+        lm.request(p, max_new_tokens=12, sigma=2.0, seed=seed, temperature=t, top_p=0.9)
+        for p in PROMPTS[:3]
+        for t in (0.0, 1.0)
+    ]
+    first = lm.generate(requests, keyed)
+    second = lm.generate(requests, keyed)
+    assert first == second
+    events = list(lm.stream(requests, keyed))
+    assert all(isinstance(e, TokenEvent) for e in events)
+    streamed: list[list[int]] = [[] for _ in requests]
+    for event in events:
+        if event.finish_reason != "stop":
+            streamed[event.row].append(event.token_id)
+    assert streamed == [list(r.token_ids) for r in first]
+    assert sum(e.finish_reason is not None for e in events) == len(requests)
+
+
+def test_different_keys_give_different_text_at_large_sigma(lm: CausalLM, keyed: KeyedNoise) -> None:
+    def texts(key: str) -> list[str]:
+        seed = keyed.row_seed(key, "bronze")
+        requests = [lm.request(p, max_new_tokens=10, sigma=8.0, seed=seed) for p in PROMPTS]
+        return [r.text for r in lm.generate(requests, keyed)]
+
+    a, b = texts("key-a"), texts("key-b")
+    assert sum(x != y for x, y in zip(a, b, strict=True)) >= len(PROMPTS) - 1
+    clean = [
+        r.text for r in lm.generate([lm.request(p, max_new_tokens=10) for p in PROMPTS], keyed)
+    ]
+    assert a != clean
+
+
+def test_sampling_depends_on_the_sampling_seed_only(lm: CausalLM) -> None:
+    def text(sampling_seed: int, others: list[str]) -> str:
+        requests = [
+            lm.request("the", max_new_tokens=12, temperature=1.5, sampling_seed=sampling_seed)
+        ] + [lm.request(p, max_new_tokens=5) for p in others]
+        return lm.generate(requests, FreshNoise())[0].text
+
+    texts = {text(s, []) for s in range(6)}
+    assert len(texts) > 1
+    assert text(3, []) == text(3, PROMPTS[:3])  # the batch around a request changes nothing
+
+
+def test_focus_up_raises_the_frequency_of_the_token(lm: CausalLM, keyed: KeyedNoise) -> None:
+    token = lm.token_id("red")
+    seed = keyed.row_seed("key-a", "gold")
+
+    def count(focus: tuple[object, ...]) -> int:
+        requests = [
+            lm.request(p, max_new_tokens=12, seed=seed, focus=focus)  # σ = 0: focus only
+            for p in PROMPTS
+        ]
+        return sum(r.token_ids.count(token) for r in lm.generate(requests, keyed))
+
+    before = count(())
+    after = count((lm.focus_entry("red", "up", 6.0),))
+    assert after >= before + 3, (before, after)
+
+
+# Calibration -------------------------------------------------------------------------------------
+
+
+def test_teacher_forced_logits_are_the_model_steps(
+    lm: CausalLM, heldout_steps: tuple[torch.Tensor, torch.Tensor], tiny_lm_dir: Path
+) -> None:
+    logits, labels = heldout_steps
+    assert logits.shape == (labels.shape[0], lm.vocab_size) and logits.dtype == torch.float32
+    first = (tiny_lm_dir / "heldout.txt").read_text().splitlines()[0]
+    ids = [*lm.encode(first), 0]
+    with torch.inference_mode():
+        direct = lm.model(input_ids=torch.tensor([ids])).logits[0, :-1]
+    steps = len(ids) - 1
+    torch.testing.assert_close(logits[:steps], direct, atol=1e-4, rtol=1e-4)
+    assert labels[:steps].tolist() == ids[1:]
+    assert float((logits.argmax(1) == labels).double().mean()) > 0.3  # far above chance
+
+
+@pytest.mark.parametrize("sigma", [0.5, 2.0])
+def test_measured_step_agreement_matches_the_prediction(
+    heldout_steps: tuple[torch.Tensor, torch.Tensor], sigma: float
+) -> None:
+    logits, labels = heldout_steps
+    draws = 4
+    source = FreshNoise(torch.Generator().manual_seed(0))
+    result = step_agreement(logits, labels, sigma, source, draws=draws)
+    assert result.decisions * result.draws >= 2000
+    assert 0.3 < result.agreement < 0.99  # σ is in the informative range
+    assert abs(result.agreement - result.predicted_agreement) < 0.02, result
+    assert abs(result.accuracy - result.predicted_accuracy) < 0.02, result
+    assert result.accuracy <= result.clean_accuracy + 0.02
+
+
+def test_measured_step_agreement_from_texts(
+    lm: CausalLM, tiny_lm_dir: Path, keyed: KeyedNoise
+) -> None:
+    texts = (tiny_lm_dir / "calibration.txt").read_text().splitlines()[:20]
+    clean = lm.measured_step_agreement(texts, 0.0, keyed, seed=1)
+    assert clean.agreement == 1.0 and clean.predicted_agreement == 1.0
+    assert clean.accuracy == clean.clean_accuracy
