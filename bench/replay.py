@@ -38,7 +38,14 @@ def sigma_for_accuracy(logits: torch.Tensor, labels: torch.Tensor, target: float
     return (lo * hi) ** 0.5
 
 
-def run_model(name: str, keys: int, queries: int, jitter: float, target: float) -> dict[str, Any]:
+def run_model(
+    name: str,
+    keys: int,
+    queries: int,
+    jitter: float,
+    target: float,
+    keyed_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     model = load_model(name)
     inputs, labels = heldout(name)
     spec = model.input_spec
@@ -64,7 +71,7 @@ def run_model(name: str, keys: int, queries: int, jitter: float, target: float) 
     }
     for mode in ("keyed", "fresh"):
         source: Any = (
-            KeyedNoise(b"bench-replay")
+            KeyedNoise(b"bench-replay", **(keyed_options or {}))
             if mode == "keyed"
             else FreshNoise(torch.Generator().manual_seed(1))
         )
@@ -106,12 +113,21 @@ def main() -> None:
     parser.add_argument("--jitter", type=float, default=0.02)
     parser.add_argument("--target", type=float, default=0.65)
     parser.add_argument("--models", default="digits,digit-scenes")
+    parser.add_argument("--step-factor", type=float, default=None, help="KeyedNoise step_factor")
+    parser.add_argument("--projections", type=int, default=None, help="KeyedNoise projections")
+    parser.add_argument("--smooth", type=int, default=None, help="KeyedNoise smooth window")
     parser.add_argument("--out", type=Path, default=Path("out/replay.json"))
     args = parser.parse_args()
     results = []
     for name in args.models.split(","):
         keys = args.keys if name == "digits" else max(4, args.keys // 4)
-        r = run_model(name, keys, args.queries, args.jitter, args.target)
+        options = {
+            "step_factor": args.step_factor,
+            "projections": args.projections,
+            "smooth": args.smooth,
+        }
+        options = {k: v for k, v in options.items() if v is not None}
+        r = run_model(name, keys, args.queries, args.jitter, args.target, options)
         results.append(r)
         print(
             f"\n{name}: σ={r['sigma']} clean={r['clean_accuracy']} keys={keys} "

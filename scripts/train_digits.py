@@ -84,7 +84,7 @@ def model_card(params: int, seed: int, epochs: int, score: float, command: str) 
   conv 3×3 (64) → ReLU → max-pool 2 → dropout 0.25 → fc 128 → ReLU → dropout 0.5 → fc 10;
   {params:,} parameters, weights in `digits.safetensors` (float32).
 - **Data:** scikit-learn's bundled digits (1,797 images). `service.models.data.digits_splits(0)`:
-  held-out = stratified 30% (540 images), calibration = 250 stratified images of the rest
+  held-out = stratified 30% (540 images), calibration = 500 stratified images of the rest
   (unlabeled use only), train = the remaining 1,007.
 - **Training:** AdamW, one-cycle learning rate (max 3e-3), batch 64, {epochs} epochs, random
   ±1 pixel shifts; seed {seed}, one CPU thread, deterministic algorithms.

@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     util.add_argument("--sigmas", type=_floats, required=True)
     util.add_argument("--out", type=Path, default=Path("out/utility"))
     util.add_argument("--noise", choices=["keyed", "fresh"], default="keyed")
+    util.add_argument(
+        "--keys",
+        type=int,
+        default=100,
+        help="evaluation keys averaged (keyed noise: one draw each)",
+    )
     foc = ev_sub.add_parser("focus", help="class share and accuracy against focus strength")
     foc.add_argument("--model", required=True)
     foc.add_argument("--class", dest="cls", required=True, help="label or index")

@@ -4,6 +4,11 @@ Calibration inputs are unlabeled and never the held-out split that `aim eval` me
 Measured agreement averages several evaluation keys: keyed noise is deterministic per key, so
 one key gives one draw, and the binomial error of a single draw on a few hundred images is larger
 than the effect we want to show.
+
+A generation model (a Hugging Face directory, or a config naming one) is measured per decoding
+step by teacher forcing: calibration on its ``calibration.txt`` (or ``--inputs``, a text file),
+evaluation on its ``heldout.txt``; every step of every line is one decision, labelled with the
+true next token.
 """
 
 from __future__ import annotations
@@ -66,8 +71,13 @@ def calibrate_command(args: argparse.Namespace) -> int:
     from .models import calibration_inputs
 
     adapter = load(args.model)
-    inputs = read_inputs(args.inputs, adapter) if args.inputs else calibration_inputs(args.model)
-    logits = forward_all(adapter, inputs)
+    if adapter.task == "generation":
+        logits = _generation_calibration_logits(adapter, args.inputs, args.targets)
+    else:
+        inputs = (
+            read_inputs(args.inputs, adapter) if args.inputs else calibration_inputs(args.model)
+        )
+        logits = forward_all(adapter, inputs)
     results = []
     print(f"{'target':>8} {'sigma':>10} {'predicted_agreement':>20}")
     for target in tqdm(args.targets, desc="calibrating", file=sys.stderr):
@@ -130,10 +140,12 @@ def eval_utility_command(args: argparse.Namespace) -> int:
     from .models import heldout
 
     adapter = load(args.model)
+    if adapter.task == "generation":
+        return _eval_generation_utility(args, adapter)
     inputs, labels = heldout(args.model)
     logits = forward_all(adapter, inputs)
     source = _source(args.noise)
-    keys = 20
+    keys = args.keys if args.noise == "keyed" else max(1, args.keys // 10)
     rows = []
     for sigma in tqdm(args.sigmas, desc="sigmas", file=sys.stderr):
         accuracy, agreement = measure_utility(logits, labels, sigma, source, keys)
@@ -157,18 +169,27 @@ def eval_focus_command(args: argparse.Namespace) -> int:
     from .models import heldout
 
     adapter = load(args.model)
-    inputs, labels = heldout(args.model)
-    logits = forward_all(adapter, inputs)
-    names = list(adapter.labels)
-    if args.cls in names:
-        index = names.index(args.cls)
-    elif args.cls.isdigit() and int(args.cls) < len(names):
-        index = int(args.cls)
+    if adapter.task == "generation":  # --class names a token: its text or its id
+        logits, labels = _generation_steps(adapter, adapter.heldout_file, "held-out text")
+        token = _focus_token(adapter, args.cls)
+        if token is None:
+            return 2
+        index, label = token, args.cls
     else:
-        print(
-            f"aim eval focus: --class {args.cls!r} is not a label of {args.model}", file=sys.stderr
-        )
-        return 2
+        inputs, labels = heldout(args.model)
+        logits = forward_all(adapter, inputs)
+        names = list(adapter.labels)
+        if args.cls in names:
+            index = names.index(args.cls)
+        elif args.cls.isdigit() and int(args.cls) < len(names):
+            index = int(args.cls)
+        else:
+            print(
+                f"aim eval focus: --class {args.cls!r} is not a label of {args.model}",
+                file=sys.stderr,
+            )
+            return 2
+        label = names[index]
     source = KeyedNoise(EVAL_SECRET)
     n = logits.shape[0]
     spatial = tuple(logits.shape[2:]) if logits.dim() == 4 else None
@@ -195,9 +216,78 @@ def eval_focus_command(args: argparse.Namespace) -> int:
         )
     args.out.mkdir(parents=True, exist_ok=True)
     _write_csv(args.out / "focus.csv", rows)
-    _plot_focus(args.out / "focus.png", rows, args.model, names[index], args.direction)
+    _plot_focus(args.out / "focus.png", rows, args.model, label, args.direction)
     _print_rows(rows)
     return 0
+
+
+# Generation models ------------------------------------------------------------------------------
+
+# Teacher-forced steps hold D·V logits: keep them near 1 GiB of float32 for large vocabularies.
+_STEP_LOGITS_BUDGET = 1 << 28
+
+
+def _generation_steps(lm: Any, file: Path, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced step logits D×V of a text file's lines, and each step's true next token."""
+    from .models import read_texts
+
+    steps = max(256, min(4096, _STEP_LOGITS_BUDGET // lm.vocab_size))
+    logits, labels = lm.teacher_forced_logits(read_texts(file, kind), max_tokens=steps)
+    return logits, labels
+
+
+def _generation_calibration_logits(
+    lm: Any, inputs: Path | None, targets: list[float]
+) -> torch.Tensor:
+    """The calibration steps the server calibrates on: the model's calibration text (or
+    ``--inputs``, a text file, one sample a line), shortlisted for the lowest target."""
+    from .models import read_texts
+
+    file = inputs if inputs is not None else lm.calibration_file
+    result: torch.Tensor = lm.calibration_logits(read_texts(file, "calibration text"), targets)
+    return result
+
+
+def _eval_generation_utility(args: argparse.Namespace, lm: Any) -> int:
+    """``eval utility`` per decoding step: measured agreement and accuracy over ``--keys`` keys
+    (keyed noise) or as many fresh draws, against the prediction from the same logits."""
+    from .models import shortlist_logits
+
+    logits, labels = _generation_steps(lm, lm.heldout_file, "held-out text")
+    source = _source(args.noise)
+    draws = max(1, int(getattr(args, "keys", 20)))
+    # The prediction on each step's shortlist of top logits, long enough for the largest σ.
+    short = shortlist_logits(logits, max(args.sigmas))
+    rows = []
+    for sigma in tqdm(args.sigmas, desc="sigmas", file=sys.stderr):
+        accuracy, agreement = measure_utility(logits, labels, sigma, source, draws)
+        rows.append(
+            {
+                "sigma": sigma,
+                "accuracy": round(accuracy, 5),
+                "agreement": round(agreement, 5),
+                "predicted_agreement": round(expected_agreement(short, sigma), 5),
+                "decisions": int(logits.shape[0]),
+                "draws": draws,
+                "noise": args.noise,  # keyed: one draw per evaluation key
+            }
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    _write_csv(args.out / "utility.csv", rows)
+    _plot_utility(args.out / "utility.png", rows, lm.name)
+    _print_rows(rows)
+    return 0
+
+
+def _focus_token(lm: Any, token: str) -> int | None:
+    """The token id ``--class`` names (an id, or a single token's text); None after saying why."""
+    from .models import InputError
+
+    try:
+        return int(lm.token_id(int(token) if token.isdigit() else token))
+    except InputError as exc:
+        print(f"aim eval focus: --class {token!r} {exc.reason}", file=sys.stderr)
+        return None
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

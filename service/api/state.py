@@ -1,4 +1,5 @@
-"""Everything one running app holds: settings, keys, model, tiers, batcher, metrics.
+"""Everything one running app holds: settings, keys, model, tiers, batcher (or, for a generation
+model, the generation scheduler), metrics.
 
 Loading (model, warm-up, tier calibration) runs in the background after start-up, so `/healthz`
 answers at once and `/readyz` turns 200 only when the model can serve.
@@ -20,6 +21,7 @@ from ..batching import Batcher
 from ..config import ServiceConfig
 from ..engine import Engine
 from ..errors import Unavailable
+from ..generation import GenerationScheduler
 from ..keys import KeyStore
 from ..metrics import Metrics
 from ..modulation import FreshNoise, KeyedNoise, NoiseSource
@@ -81,6 +83,7 @@ class AppState:
         self.tiers: TierTable | None = None
         self.batcher: Batcher[Any] | None = None
         self.engine: Engine | None = None
+        self.generator: GenerationScheduler | None = None
         self.load_error: str | None = None
         self._loader: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
@@ -104,7 +107,18 @@ class AppState:
         for tier in tiers:
             self.metrics.set_sigma(tier.name, tier.sigma)
         self.model = LoadedModel(self.name, adapter.task, adapter)
-        if adapter.task != "generation":
+        if adapter.task == "generation":
+            self.generator = GenerationScheduler(
+                adapter,
+                self.source,
+                self.metrics,
+                max_rows=self.settings.max_batch_size,
+                max_wait=self.settings.max_wait_ms / 1000.0,
+                queue_size=self.settings.queue_size,
+                on_depth=self.metrics.set_queue_depth,
+            )
+            self.generator.start()
+        else:
             self.engine = Engine(adapter, self.source, self.metrics)
             self.batcher = Batcher(
                 self.engine.run,
@@ -137,8 +151,10 @@ class AppState:
         spec: Any = self.config.model
         if isinstance(spec, dict):
             spec = ModelSpec.from_dict(spec, self.config.base_dir)
-        adapter = self._preloaded or load_model(spec, device)
+        adapter: Any = self._preloaded or load_model(spec, device)
         adapter.warmup()
+        if adapter.task == "generation":
+            return adapter, self._generation_tiers(adapter)
         inputs = (
             calibration_inputs(self.config.model)
             if isinstance(self.config.model, str) and self.config.model in SHIPPED
@@ -158,11 +174,37 @@ class AppState:
         )
         return adapter, tiers
 
+    def _generation_tiers(self, lm: Any) -> TierTable:
+        """`utility` tiers calibrated on the teacher-forced steps of the model's calibration text
+        (read only when a tier needs it), cached by model files, text and step budget."""
+        from ..models import read_texts
+
+        targets = [t.utility for t in self.config.tiers if t.utility is not None]
+        texts = (
+            read_texts(lm.calibration_file, "calibration text")
+            if any(t < 1.0 for t in targets)
+            else None
+        )
+
+        def logits() -> torch.Tensor:
+            assert texts is not None
+            return lm.calibration_logits(texts, targets)
+
+        return build_tiers(
+            self.config.tiers,
+            logits if texts is not None else None,
+            fingerprint=lm.fingerprint(),
+            calibration_inputs=lm.calibration_key(texts) if texts is not None else None,
+            cache=CalibrationCache(self.settings.cache_dir / "calibration.json"),
+        )
+
     async def stop(self) -> None:
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()
         if self.batcher is not None:
             await self.batcher.stop()
+        if self.generator is not None:
+            await self.generator.stop()
 
     # Access -----------------------------------------------------------------------------------
 

@@ -2,11 +2,20 @@
 
 ``load_model`` turns a shipped name, a ``ModelSpec``, a config file or a model file into a
 ``VisionModel``: ``prepare``/``decode_image`` check one client item, ``forward`` gives logits.
-Generation models: see causal_lm.py.
+A generation spec or a Hugging Face directory loads as a ``CausalLM`` (see causal_lm.py).
 """
 
 from .architectures import DigitsCNN, SceneSegmenter
 from .base import TASKS, InputSpec, Task, VisionModel
+from .causal_lm import (
+    CausalLM,
+    DecodeBatch,
+    GenerationRequest,
+    GenerationResult,
+    TokenEvent,
+    read_texts,
+    shortlist_logits,
+)
 from .data import DigitsSplits, digit_scenes, digits_splits
 from .errors import InputError, ModelLoadError
 from .loaders import fixed_batch_size, load_export, load_factory, load_torchscript, load_weights
@@ -27,14 +36,19 @@ __all__ = [
     "LOADERS",
     "SHIPPED",
     "TASKS",
+    "CausalLM",
+    "DecodeBatch",
     "DigitsCNN",
     "DigitsSplits",
+    "GenerationRequest",
+    "GenerationResult",
     "InputError",
     "InputSpec",
     "ModelLoadError",
     "ModelSpec",
     "SceneSegmenter",
     "Task",
+    "TokenEvent",
     "VisionModel",
     "accuracy",
     "calibration_inputs",
@@ -52,4 +66,6 @@ __all__ = [
     "metadata_json",
     "model_card",
     "read_labels",
+    "read_texts",
+    "shortlist_logits",
 ]

@@ -9,20 +9,25 @@ gets the same noise at every step and the same text.
 :class:`DecodeBatch` holds several sequences (left-padded prompts, one KV cache) and advances them
 one token per :meth:`DecodeBatch.step`: a single forward pass and a single :func:`modulate` call
 for all running rows, each row with its own σ, keyed seed, focus field, temperature, top-p and
-token budget. Rows that finish (EOS or budget) are dropped from the cache. :meth:`CausalLM.generate`
-runs a batch to completion and :meth:`CausalLM.stream` yields :class:`TokenEvent` s as they come.
+token budget. Rows that finish (EOS or budget) are dropped from the cache, and so is a row that
+:meth:`DecodeBatch.cancel` ends (its client went away). :meth:`CausalLM.generate` runs a batch to
+completion and :meth:`CausalLM.stream` yields :class:`TokenEvent` s as they come.
 
 Calibration treats every teacher-forced step of a text set as one decision:
 :meth:`CausalLM.teacher_forced_logits` gives D×V logits and the true next tokens, which feed
 ``sigma_for_agreement`` / ``predicted_accuracy``; :func:`step_agreement` measures what noise does
-to those steps.
+to those steps. The quadrature behind those predictions costs D·V·48 evaluations per σ, too much
+for a vocabulary of 10⁵ tokens, so :func:`shortlist_logits` keeps each step's K largest logits,
+with K doubled until the prediction at the σ of interest stops changing (see its docstring).
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Iterator, Sequence
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -37,10 +42,16 @@ from ..modulation import (
     focus_field,
     modulate,
     predicted_accuracy,
+    sigma_for_agreement,
 )
 from .errors import InputError, ModelLoadError, describe_value
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "cancelled"]
+CALIBRATION_FILE = "calibration.txt"
+"""Unlabeled text in a model directory, one sample a line, that `utility` tiers calibrate on."""
+HELDOUT_FILE = "heldout.txt"
+"""Evaluation text in a model directory, one sample a line; never used for calibration."""
+DEFAULT_CALIBRATION_TOKENS = 1024
 _MAX_SEED = (1 << 63) - 1
 _WORD_MARKERS = ("Ġ", "▁")  # byte-level BPE (GPT-2, Llama 3) and SentencePiece word starts
 _FINGERPRINT_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".tiktoken")
@@ -98,7 +109,8 @@ class GenerationResult:
     text: str
     """``token_ids`` decoded, special tokens skipped."""
     finish_reason: FinishReason | None
-    """``"stop"`` (EOS), ``"length"`` (budget spent), or None while still running."""
+    """``"stop"`` (EOS), ``"length"`` (budget spent), ``"cancelled"`` (:meth:`DecodeBatch.cancel`),
+    or None while still running."""
     prompt_tokens: int
 
 
@@ -183,6 +195,12 @@ class CausalLM:
         # transformers 5.2x renamed `past_key_values` to `cache` (the old name goes in 5.40).
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._fingerprint: str | None = None
+        self.calibration_file: Path = path / CALIBRATION_FILE
+        """Text that `utility` tiers are calibrated on (model spec option ``calibration_text``)."""
+        self.heldout_file: Path = path / HELDOUT_FILE
+        """Text that ``aim eval`` measures on."""
+        self.calibration_tokens = DEFAULT_CALIBRATION_TOKENS
+        """Most teacher-forced steps (decisions) to calibrate on (option ``calibration_tokens``)."""
 
     @classmethod
     def load(
@@ -391,6 +409,86 @@ class CausalLM:
         logits, labels = self.teacher_forced_logits(texts, max_tokens=max_tokens)
         return step_agreement(logits, labels, sigma, source, seed=seed, draws=draws)
 
+    def calibration_key(self, texts: Sequence[str]) -> torch.Tensor:
+        """What picks the calibration decisions besides the model files: the texts and the step
+        budget, as a byte tensor (``build_tiers`` hashes it into the calibration cache key), so
+        a cached σ is found without running the model."""
+        data = f"{_SHORTLIST_METHOD}\x00{self.calibration_tokens}\x00" + "\n".join(texts)
+        return torch.frombuffer(bytearray(data.encode("utf-8")), dtype=torch.uint8)
+
+    def calibration_logits(self, texts: Sequence[str], targets: Sequence[float]) -> torch.Tensor:
+        """Step logits to calibrate σ on: the teacher-forced steps of ``texts`` (at most
+        ``calibration_tokens``), each cut to a shortlist of its largest logits that is long
+        enough for the lowest of ``targets`` (:func:`shortlist_logits`), on the model's device."""
+        logits, _ = self.teacher_forced_logits(texts, max_tokens=self.calibration_tokens)
+        logits = logits.to(self.device)  # on a GPU the quadrature is much faster
+        lowest = min((float(t) for t in targets), default=1.0)
+        if lowest >= 1.0:
+            return logits
+        # A target at or below chance among K logits has no σ there: start above 2/target.
+        start = max(32, 1 << math.ceil(math.log2(2.0 / lowest)))
+        # The σ found on the shortest list bounds the lowest target's σ from above (fewer
+        # competitors, more agreement), so a shortlist converged at it is long enough.
+        return shortlist_logits(
+            logits, lambda short: sigma_for_agreement(short, lowest), start=start
+        )
+
+
+def read_texts(path: str | Path, kind: str = "text file") -> list[str]:
+    """The non-empty lines of a UTF-8 text file, stripped; :class:`ModelLoadError` names the
+    file when it is missing, unreadable or empty."""
+    file = Path(path)
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as exc:
+        raise ModelLoadError(str(file), "file not found", kind) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(str(file), f"{type(exc).__name__}: {exc}", kind) from exc
+    texts = [line.strip() for line in lines if line.strip()]
+    if not texts:
+        raise ModelLoadError(str(file), "holds no text (one sample per line)", kind)
+    return texts
+
+
+_SHORTLIST_METHOD = "shortlist-v1"
+
+
+def shortlist_logits(
+    logits: torch.Tensor,
+    sigma: float | Callable[[torch.Tensor], float],
+    tolerance: float = 1e-3,
+    start: int = 32,
+) -> torch.Tensor:
+    """Each step's K largest logits, in descending order: enough to predict agreement at σ.
+
+    The quadrature behind ``expected_agreement`` costs D·V·48 evaluations per σ. A token far below
+    the top hardly ever overtakes it, so the prediction on the top K logits converges to the one
+    on all V as K grows (from above: fewer competitors, more agreement). K starts at ``start`` and
+    doubles until the predictions on K and on 2K logits differ by at most ``tolerance`` (0.1 pp by
+    default, a tenth of the sampling error of 1,000 calibration steps), and the 2K shortlist is
+    returned; all V logits, sorted, once 2K reaches V. This is a convergence check, not a bound.
+    ``sigma`` is the largest σ of interest, or a function of the first shortlist giving it (the σ
+    of the lowest target agreement, computed once). Column 0 is each step's top token; which
+    token each column was is not kept.
+    """
+    _check_int("start", start, 1, None)
+    vocab = int(logits.shape[1])
+    k = min(start, vocab)
+    at: float | None = None if callable(sigma) else float(sigma)
+    while True:
+        if 2 * k >= vocab:
+            return logits.sort(dim=1, descending=True).values
+        wider = logits.topk(2 * k, dim=1).values
+        short = wider[:, :k]
+        if at is None:
+            assert callable(sigma)
+            at = float(sigma(short))
+        if at == 0:
+            return wider
+        if abs(expected_agreement(short, at) - expected_agreement(wider, at)) <= tolerance:
+            return wider
+        k *= 2
+
 
 def step_agreement(
     logits: torch.Tensor,
@@ -444,7 +542,8 @@ class DecodeBatch:
     ``generate``), so every row's next-token logits sit in the last column. Each step runs one
     forward pass over the running rows, one :func:`modulate` call with each row's σ, keyed seed
     and focus field, then greedy or top-p selection per row's temperature. A row finishes at EOS
-    (when ``stop_on_eos``) or when its budget is spent, and leaves the cache.
+    (when ``stop_on_eos``) or when its budget is spent, and leaves the cache; :meth:`cancel` ends
+    a row between steps (its client went away), so it costs nothing from the next step on.
     """
 
     def __init__(
@@ -490,6 +589,10 @@ class DecodeBatch:
         self._mask: torch.Tensor | None = None  # A×T attention mask of the cached tokens
         self._positions: torch.Tensor | None = None  # A, position of each row's last token
         self._last: torch.Tensor | None = None  # A, each row's last token
+        self.forward_seconds = 0.0
+        """Time of the last step's forward pass."""
+        self.modulation_seconds = 0.0
+        """Time of the last step's modulation and token choice."""
 
     @property
     def done(self) -> bool:
@@ -506,6 +609,20 @@ class DecodeBatch:
 
     def finish_reason(self, row: int) -> FinishReason | None:
         return self._finish[row]
+
+    def cancel(self, row: int) -> None:
+        """End ``row`` now (finish reason ``"cancelled"``): it leaves the cache and the next
+        step's forward pass. A row that has already finished is left as it is."""
+        if not 0 <= row < self.size:
+            raise InputError("row", row, f"has to be a row index in [0, {self.size})")
+        if self._finish[row] is not None:
+            return
+        self._finish[row] = "cancelled"
+        keep = self._active != row
+        if self._cache is None:  # not prefilled yet: nothing cached to cut
+            self._active = self._active[keep]
+        else:
+            self._drop(keep)
 
     def tokens(self, row: int) -> list[int]:
         """Tokens ``row`` has produced so far (EOS included if it stopped on one)."""
@@ -541,8 +658,14 @@ class DecodeBatch:
         if self.done:
             return chosen
         with torch.inference_mode():
+            started = time.perf_counter()
             logits = self._forward()
+            if logits.is_cuda:  # kernels run asynchronously: time them, not their launch
+                torch.cuda.synchronize(logits.device)
+            forwarded = time.perf_counter()
             next_ids = self._select(logits).cpu()
+        self.forward_seconds = forwarded - started
+        self.modulation_seconds = time.perf_counter() - forwarded
         finished = []
         for slot, (row, token) in enumerate(
             zip(self._active.tolist(), next_ids.tolist(), strict=True)

@@ -20,7 +20,7 @@ Split = Literal["train", "calibration", "heldout"]
 Pair = tuple[np.ndarray, np.ndarray]
 
 HELDOUT_FRACTION = 0.3
-CALIBRATION_SIZE = 250
+CALIBRATION_SIZE = 500
 # A digit pixel belongs to the digit's class above this value (raw 0..16); the rest is background.
 STROKE_THRESHOLD = 4.0
 # Share of scene digits pasted at twice their size, so the segmenter sees more than one scale.
@@ -55,7 +55,7 @@ def _frozen(x: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=4)
 def digits_splits(seed: int = 0) -> DigitsSplits:
-    """Held-out = the stratified 30% test part (540 images); calibration = 250 stratified images
+    """Held-out = the stratified 30% test part (540 images); calibration = 500 stratified images
     of the rest; train = the remaining 1007. Arrays are read-only (shared cache)."""
     bunch = load_digits()
     x = np.asarray(bunch.images, dtype=np.float32)

@@ -22,6 +22,7 @@ from torch import nn
 
 from .architectures import DigitsCNN, SceneSegmenter
 from .base import TASKS, InputSpec, Task, VisionModel
+from .causal_lm import CausalLM
 from .data import SCENE_CALIBRATION, SCENE_HELDOUT, SCENE_SIZE, digit_scenes, digits_splits
 from .errors import ModelLoadError, describe_value
 from .loaders import (
@@ -234,10 +235,13 @@ def read_labels(path: str | os.PathLike[str]) -> list[str]:
 
 def load_model(
     model: str | ModelSpec | os.PathLike[str], device: str | torch.device = "cpu"
-) -> VisionModel:
+) -> VisionModel | CausalLM:
     """A shipped model's name, a ``ModelSpec``, a config file (.yaml/.yml/.json with a ``model``
-    entry) or a model file (TorchScript, or .pt2 for torch.export) that carries its metadata."""
+    entry), a model file (TorchScript, or .pt2 for torch.export) that carries its metadata, or a
+    local Hugging Face directory (a generation model, loaded as a ``CausalLM``)."""
     if isinstance(model, ModelSpec):
+        if model.task == "generation":
+            return _load_causal_lm(model, device)
         return _load_spec(model, device)
     if isinstance(model, str) and model in SHIPPED:
         return _load_shipped(model, device)
@@ -246,6 +250,10 @@ def load_model(
         raise ModelLoadError(
             str(model), f"no such file, and not a shipped model ({', '.join(SHIPPED)})", "model"
         )
+    if path.is_dir():
+        spec = ModelSpec(task="generation", loader="huggingface", path=str(path.resolve()))
+        spec.name = path.resolve().name
+        return _load_causal_lm(spec, device)
     if path.suffix.lower() in CONFIG_SUFFIXES:
         return load_model(_spec_from_config(path), device)
     return _load_model_file(path, device)
@@ -288,9 +296,45 @@ def _load_model_file(path: Path, device: str | torch.device) -> VisionModel:
     return _load_spec(spec, device)
 
 
+_GENERATION_OPTIONS = ("calibration_text", "calibration_tokens")
+
+
+def _load_causal_lm(spec: ModelSpec, device: str | torch.device) -> CausalLM:
+    """A generation spec: its Hugging Face directory, and the calibration options
+    ``calibration_text`` (a file; relative to the model directory) and ``calibration_tokens``."""
+    unknown = [k for k in spec.options if k not in _GENERATION_OPTIONS]
+    if unknown:
+        raise ModelLoadError(
+            spec.path,
+            f"model.options.{unknown[0]}: unknown option (known: {', '.join(_GENERATION_OPTIONS)})",
+            "model spec",
+        )
+    text = spec.options.get("calibration_text")
+    if text is not None and (not isinstance(text, str) or not text.strip()):
+        raise ModelLoadError(
+            spec.path, f"model.options.calibration_text: {describe_value(text)} is not a path"
+        )
+    tokens = spec.options.get("calibration_tokens")
+    if tokens is not None and (
+        not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 16
+    ):
+        raise ModelLoadError(
+            spec.path,
+            f"model.options.calibration_tokens: {describe_value(tokens)} is not an integer >= 16",
+        )
+    lm = CausalLM.load(spec.path, device)
+    if spec.name:
+        lm.name = spec.name
+    if text is not None:
+        lm.calibration_file = _resolve(text, Path(spec.path))
+    if tokens is not None:
+        lm.calibration_tokens = tokens
+    return lm
+
+
 def _load_spec(spec: ModelSpec, device: str | torch.device) -> VisionModel:
-    if spec.task == "generation":
-        raise NotImplementedError("generation models are loaded by service.models.causal_lm")
+    if spec.task == "generation":  # pragma: no cover - load_model sends these to _load_causal_lm
+        raise ModelLoadError(spec.path, "a generation spec loads with _load_causal_lm")
     module: Any
     if spec.loader == "torchscript":
         module, _ = load_torchscript_with_metadata(spec.path)
@@ -390,7 +434,7 @@ def _input_spec(name: str) -> InputSpec:
 
 
 def calibration_inputs(name: str) -> torch.Tensor:
-    """Unlabeled calibration inputs, prepared for the network: digits 250×1×8×8, digit-scenes
+    """Unlabeled calibration inputs, prepared for the network: digits 500×1×8×8, digit-scenes
     64×1×32×32. Never the held-out data that ``heldout`` returns."""
     _check_bundled(name)
     x, _ = _bundled(name, "calibration")

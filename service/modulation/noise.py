@@ -84,14 +84,16 @@ class KeyedNoise:
     ``projections`` and ``step_factor`` set the digest; larger steps resist jittered replays
     better, smaller steps spread noise over more cells (fairer across keys). ``table_budget``
     bounds each Gaussian table to about that many floats (rows = a power of two in [64, 65536]).
+    ``smooth`` (segmentation only) is the window of the local mean the pixel digest is taken of.
     """
 
     def __init__(
         self,
         secret: bytes,
         projections: int = 4,
-        step_factor: float = 2.0,
+        step_factor: float = 0.35,
         table_budget: int = 1 << 22,
+        smooth: int = 3,
     ) -> None:
         if not secret:
             raise ModulationArgumentError("secret", "empty", "has to be non-empty bytes")
@@ -103,6 +105,9 @@ class KeyedNoise:
         self.projections = projections
         self.step_factor = float(step_factor)
         self.table_budget = table_budget
+        if smooth < 1 or smooth % 2 == 0:
+            raise ModulationArgumentError("smooth", smooth, "has to be an odd integer >= 1")
+        self.smooth = smooth
         self._cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def __repr__(self) -> str:  # never show the secret
@@ -153,6 +158,17 @@ class KeyedNoise:
             shape: tuple[int, ...] = (n, 1)
         else:
             p = torch.matmul(proj.t().to(logits.dtype), logits.reshape(n, c, -1))  # N×P×HW
+            if self.smooth > 1:
+                # Pixel logits react to pixel-level input jitter; their local mean reacts less,
+                # so a finer grid (fairer across keys) keeps the same replay resistance. The
+                # projection is linear, so pooling P channels equals pooling all C logits.
+                p = torch.nn.functional.avg_pool2d(
+                    p.view(n, self.projections, *logits.shape[2:]),
+                    self.smooth,
+                    stride=1,
+                    padding=self.smooth // 2,
+                    count_include_pad=False,
+                ).reshape(n, self.projections, -1)
             p = p.transpose(1, 2).to(torch.float64)  # N×HW×P
             shape = (n, 1, 1)
         step = (scale.to(logits.device, torch.float64) * self.step_factor).clamp_min(1e-6)

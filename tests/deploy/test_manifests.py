@@ -284,6 +284,19 @@ def test_example_keys_file_has_the_keys_file_shape() -> None:
         assert re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])
 
 
+def test_shipped_config_and_demo_keys_load_with_the_service() -> None:
+    from service.config import ServiceConfig
+    from service.keys import KeyStore
+
+    config = ServiceConfig.load(ROOT / "deploy" / "config" / "config.yaml")
+    tiers = {tier.name for tier in config.tiers}
+    keys = KeyStore.load(ROOT / "deploy" / "config" / "keys.example.yaml", tiers)
+    # The demo plaintexts documented in the file (and docs/DEPLOY.md) match their hashes.
+    for tier in tiers:
+        record = keys.lookup(f"aim-demo-{tier}-key")
+        assert record is not None and record.tier == tier
+
+
 # --- Grafana and Prometheus ---------------------------------------------------------------------
 
 

@@ -20,10 +20,12 @@ from service.models.causal_lm import (
     CausalLM,
     GenerationRequest,
     TokenEvent,
+    read_texts,
+    shortlist_logits,
     step_agreement,
 )
 from service.models.errors import InputError, ModelLoadError
-from service.modulation import FreshNoise, KeyedNoise
+from service.modulation import FreshNoise, KeyedNoise, expected_agreement, sigma_for_agreement
 
 pytestmark = pytest.mark.unit
 
@@ -270,7 +272,7 @@ def test_focus_up_raises_the_frequency_of_the_token(lm: CausalLM, keyed: KeyedNo
         return sum(r.token_ids.count(token) for r in lm.generate(requests, keyed))
 
     before = count(())
-    after = count((lm.focus_entry("red", "up", 6.0),))
+    after = count((lm.focus_entry("red", "up", 8.0),))
     assert after >= before + 3, (before, after)
 
 
@@ -314,3 +316,102 @@ def test_measured_step_agreement_from_texts(
     clean = lm.measured_step_agreement(texts, 0.0, keyed, seed=1)
     assert clean.agreement == 1.0 and clean.predicted_agreement == 1.0
     assert clean.accuracy == clean.clean_accuracy
+
+
+# Cancelling -------------------------------------------------------------------------------------
+
+
+def test_a_cancelled_row_leaves_the_batch_and_the_others_go_on(lm: CausalLM) -> None:
+    requests = [lm.request(p, max_new_tokens=10, stop_on_eos=False) for p in PROMPTS[:3]]
+    alone = lm.generate([requests[0], requests[2]], FreshNoise())
+    batch = lm.start(requests, FreshNoise())
+    batch.step()
+    assert batch.forward_seconds > 0 and batch.modulation_seconds > 0
+    batch.cancel(1)
+    assert batch.running() == [0, 2] and batch.finish_reason(1) == "cancelled"
+    while not batch.done:
+        assert batch.step()[1] is None  # no step is spent on the cancelled row
+    results = batch.results()
+    assert [results[0], results[2]] == alone
+    assert len(results[1].token_ids) == 1 and results[1].finish_reason == "cancelled"
+    batch.cancel(1)  # a finished row stays as it is
+    assert batch.finish_reason(1) == "cancelled"
+    with pytest.raises(InputError, match="row"):
+        batch.cancel(3)
+
+
+def test_rows_cancelled_before_the_first_step_never_run(lm: CausalLM) -> None:
+    requests = [lm.request(p, max_new_tokens=4) for p in PROMPTS[:2]]
+    batch = lm.start(requests, FreshNoise())
+    batch.cancel(0)
+    batch.cancel(1)
+    assert batch.done and batch.step() == [None, None]
+    assert [r.token_ids for r in batch.results()] == [(), ()]
+
+
+# Calibration at vocabulary scale -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sigma", [0.5, 2.0])
+def test_a_shortlist_predicts_agreement_like_the_whole_vocabulary(
+    heldout_steps: tuple[torch.Tensor, torch.Tensor], sigma: float
+) -> None:
+    logits = heldout_steps[0][:512]
+    short = shortlist_logits(logits, sigma)
+    assert short.shape[0] == logits.shape[0]
+    assert torch.equal(short[:, 0], logits.max(dim=1).values)
+    full = expected_agreement(logits, sigma)
+    assert abs(expected_agreement(short, sigma) - full) < 1e-3
+    if sigma == 0.5:
+        assert short.shape[1] < logits.shape[1] // 4  # the point: far fewer columns
+
+
+def test_calibration_logits_give_the_sigma_of_the_whole_vocabulary(
+    lm: CausalLM, tiny_lm_dir: Path
+) -> None:
+    texts = read_texts(tiny_lm_dir / "calibration.txt")
+    lm.calibration_tokens = 256
+    try:
+        short = lm.calibration_logits(texts, [0.95, 0.8])
+        full, _ = lm.teacher_forced_logits(texts, max_tokens=256)
+    finally:
+        lm.calibration_tokens = 1024
+    assert short.shape[0] == full.shape[0] == 256 and short.shape[1] < full.shape[1]
+    sigma = sigma_for_agreement(short, 0.8)
+    assert abs(expected_agreement(full, sigma) - 0.8) < 2e-3
+    key = lm.calibration_key(texts)
+    assert key.dtype == torch.uint8 and torch.equal(key, lm.calibration_key(texts))
+    assert not torch.equal(key, lm.calibration_key(texts[1:]))
+
+
+def test_read_texts_names_a_missing_or_empty_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"nothing\.txt.*not found"):
+        read_texts(tmp_path / "nothing.txt")
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    with pytest.raises(ModelLoadError, match="no text"):
+        read_texts(tmp_path / "blank.txt")
+    (tmp_path / "two.txt").write_text(" one \n\ntwo\n")
+    assert read_texts(tmp_path / "two.txt") == ["one", "two"]
+
+
+def test_load_model_takes_a_directory_or_a_generation_spec(tiny_lm_dir: Path) -> None:
+    from service.models import ModelSpec, load_model
+
+    lm = load_model(tiny_lm_dir)
+    assert isinstance(lm, CausalLM) and lm.calibration_file == tiny_lm_dir / "calibration.txt"
+    spec = ModelSpec.from_dict(
+        {
+            "task": "generation",
+            "path": str(tiny_lm_dir),
+            "name": "tiny",
+            "options": {"calibration_text": "heldout.txt", "calibration_tokens": 64},
+        }
+    )
+    lm = load_model(spec)
+    assert isinstance(lm, CausalLM) and lm.name == "tiny"
+    assert lm.calibration_file == tiny_lm_dir / "heldout.txt" and lm.calibration_tokens == 64
+    bad = ModelSpec.from_dict(
+        {"task": "generation", "path": str(tiny_lm_dir), "options": {"calibration_txt": "x"}}
+    )
+    with pytest.raises(ModelLoadError, match=r"model\.options\.calibration_txt"):
+        load_model(bad)

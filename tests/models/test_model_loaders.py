@@ -212,10 +212,10 @@ def test_labels_problems_name_the_labels_file(tmp_path: Path) -> None:
         load_model(ModelSpec.from_dict(wrong_input, tmp_path))
 
 
-def test_generation_specs_are_left_to_causal_lm(tmp_path: Path) -> None:
+def test_generation_specs_load_as_causal_lm(tmp_path: Path) -> None:
     spec = ModelSpec.from_dict({"task": "generation", "path": "lm"}, tmp_path)
     assert spec.loader == "huggingface" and spec.path == str(tmp_path / "lm")
-    with pytest.raises(NotImplementedError, match="causal_lm"):
+    with pytest.raises(ModelLoadError, match=r"lm.*does not exist"):
         load_model(spec)
 
 

@@ -70,7 +70,7 @@ def test_shipped_metadata(digits: VisionModel, scenes: VisionModel) -> None:
 def test_calibration_inputs_are_unlabeled_and_disjoint_from_heldout() -> None:
     cal = calibration_inputs("digits")
     held, _ = heldout("digits")
-    assert cal.shape == (250, 1, 8, 8) and float(cal.min()) >= 0 and float(cal.max()) <= 1
+    assert cal.shape == (500, 1, 8, 8) and float(cal.min()) >= 0 and float(cal.max()) <= 1
     held_rows = {tuple(row) for row in held.reshape(len(held), -1).tolist()}
     cal_rows = {tuple(row) for row in cal.reshape(len(cal), -1).tolist()}
     assert not held_rows & cal_rows
@@ -80,7 +80,7 @@ def test_calibration_inputs_are_unlabeled_and_disjoint_from_heldout() -> None:
 def test_digit_splits_are_disjoint_and_sized() -> None:
     splits = digits_splits()
     sizes = [len(splits.train[0]), len(splits.calibration[0]), len(splits.heldout[0])]
-    assert sizes == [1007, 250, 540]
+    assert sizes == [757, 500, 540]
     train, cal, held = (
         {x.tobytes() for x in part[0]}
         for part in (splits.train, splits.calibration, splits.heldout)

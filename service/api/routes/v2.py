@@ -93,6 +93,8 @@ def _check_name(state: Any, name: str) -> None:
 async def model_metadata(name: str, state: State) -> Response:
     _check_name(state, name)
     model, _ = state.require_ready()
+    if model.task == "generation":
+        raise InvalidInput("generation models are served by POST /predict", "name")
     adapter = model.adapter
     shape = list(adapter.input_spec.shape)
     outputs = (
