@@ -90,6 +90,23 @@ def client(make_client: ClientFactory) -> Iterator[TestClient]:
         yield c
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny causal LM directory (with calibration.txt and heldout.txt), built once per session
+    by `scripts/make_tiny_lm.py` from the shipped corpus: seeded, a few seconds, no network."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_tiny_lm", ROOT / "scripts/make_tiny_lm.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path: Path = module.build_tiny_lm(tmp_path_factory.mktemp("tiny_lm"), seed=0, steps=120)
+    return path
+
+
 @pytest.fixture(scope="session")
 def heldout_digits() -> tuple[list[Any], list[int]]:
     """Held-out digits as raw 8×8 lists (values 0..16) and their labels."""

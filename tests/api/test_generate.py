@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import importlib.util
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -37,18 +36,8 @@ from service.settings import Settings
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["the cow says", "count up: three four", "a banana is", "two plus three is", "anna"]
 NOISY_SIGMA = 2.0
-
-
-def _build_tiny_lm(out: Path) -> Path:
-    spec = importlib.util.spec_from_file_location("make_tiny_lm", ROOT / "scripts/make_tiny_lm.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    path: Path = module.build_tiny_lm(out, seed=0, steps=120)
-    return path
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,9 +50,8 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny LM directory (with calibration.txt and heldout.txt), trained briefly and seeded."""
-    return _build_tiny_lm(tmp_path_factory.mktemp("gen_lm"))
+def lm_dir(tiny_lm_dir: Path) -> Path:
+    return tiny_lm_dir
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,7 @@ def start_server(
     tmp: Path, config: dict[str, object], keys_file: Path, extra_env: dict[str, str] | None = None
 ) -> LiveServer:
     config_path = tmp / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config))
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     secret = tmp / "secret"
     secret.write_text("integration-secret")
     port = free_port()
@@ -110,7 +110,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     tmp = tmp_path_factory.mktemp("live")
     keys_file = tmp / "keys.yaml"
     config_path = tmp / "config.yaml"
-    config_path.write_text(yaml.safe_dump(CONFIG))
+    config_path.write_text(yaml.safe_dump(CONFIG, sort_keys=False))
     keys: dict[str, list[str]] = {}
     # The first key goes through the real CLI: the plaintext is alone on the last line.
     out = subprocess.run(

@@ -34,6 +34,18 @@ def _predict_all(client: httpx.Client, key: str, x: list[Any]) -> list[int]:
     return out
 
 
+def test_tier_order_follows_the_config(live_server: LiveServer) -> None:
+    allowed = {}
+    for tier in ("gold", "silver", "bronze"):
+        r = httpx.get(live_server.url + "/model", headers={"X-API-Key": live_server.keys[tier][0]})
+        allowed[tier] = r.json()["tiers"]
+    assert allowed == {
+        "gold": ["gold", "silver", "bronze"],
+        "silver": ["silver", "bronze"],
+        "bronze": ["bronze"],
+    }
+
+
 def test_tiers_measured_through_http(live_server: LiveServer) -> None:
     from service.models import heldout, load_model
 

@@ -6,8 +6,7 @@ A tiny Llama-style model is trained once per session from the corpus that ships 
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,6 @@ from service.modulation import FreshNoise, KeyedNoise, expected_agreement, sigma
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = [
     "the cow says",
     "count up: three four",
@@ -40,15 +38,6 @@ PROMPTS = [
 ]
 
 
-def _load_script() -> Callable[..., Path]:
-    spec = importlib.util.spec_from_file_location("make_tiny_lm", ROOT / "scripts/make_tiny_lm.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    build: Callable[..., Path] = module.build_tiny_lm
-    return build
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_thread() -> Iterator[None]:
     """Single-threaded torch: a model this small only loses time to threads on a shared CPU."""
@@ -56,13 +45,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny LM directory trained briefly (seeded) from the shipped corpus."""
-    build = _load_script()
-    return build(tmp_path_factory.mktemp("tiny_lm"), seed=0, steps=120)
 
 
 @pytest.fixture(scope="session")
