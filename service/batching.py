@@ -97,6 +97,16 @@ class Batcher(Generic[T]):
         """False once the worker has stopped (shut down, or died): the server is then not ready."""
         return self._worker is not None and not self._worker.done()
 
+    def check_capacity(self) -> None:
+        """Refuse at once (503) when the queue is full or closed, before any work is spent on
+        a request that could not be queued: under overload, cheap refusals keep goodput up."""
+        if not self._accepting:
+            raise Unavailable("the server is shutting down", headers={"Retry-After": "1"})
+        if self._queue.full():
+            raise Unavailable(
+                "the request queue is full, try again shortly", headers={"Retry-After": "1"}
+            )
+
     @property
     def depth(self) -> int:
         return self._queue.qsize()

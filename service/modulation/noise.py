@@ -97,8 +97,8 @@ class KeyedNoise:
     ) -> None:
         if not secret:
             raise ModulationArgumentError("secret", "empty", "has to be non-empty bytes")
-        if projections < 1:
-            raise ModulationArgumentError("projections", projections, "has to be >= 1")
+        if not 1 <= projections <= 16:
+            raise ModulationArgumentError("projections", projections, "has to be in [1, 16]")
         if not (math.isfinite(step_factor) and step_factor > 0):
             raise ModulationArgumentError("step_factor", step_factor, "has to be positive")
         self._secret = secret
@@ -172,13 +172,21 @@ class KeyedNoise:
             p = p.transpose(1, 2).to(torch.float64)  # N×HW×P
             shape = (n, 1, 1)
         step = (scale.to(logits.device, torch.float64) * self.step_factor).clamp_min(1e-6)
-        h = lo.view(shape[:-1])
-        for k in range(self.projections):
-            offset = _fmix(lo ^ ((k + 1) * 0x27D4EB2F & _MASK31)).to(torch.float64) / (1 << 31)
-            cell = torch.floor(p[..., k] / step.view(shape[:-1]) + offset.view(shape[:-1]))
-            q = cell.clamp(-(1 << 30), 1 << 30).to(torch.int64) & _MASK31
-            h = _combine(h, q)
-        return _combine(h, hi.view(shape[:-1]))
+        salts, weights = self._salts(logits.device)
+        # Per-key grid offsets in [0, 1), one per projection (N×P), broadcast over pixels.
+        offset = _fmix(lo[:, None] ^ salts).to(torch.float64) / (1 << 31)
+        cells = torch.floor(p / step.view(shape) + offset.view(n, *shape[1:-1], -1))
+        q = cells.clamp(-(1 << 30), 1 << 30).to(torch.int64) & _MASK31
+        # A weighted sum hashes all P cells at once: q < 2^31 and weights < 2^27, so P <= 16
+        # terms stay below 2^63 and nothing overflows.
+        h = (q * weights).sum(dim=-1) & _MASK31
+        return _combine(_combine(h, lo.view(shape[:-1])), hi.view(shape[:-1]))
+
+    def _salts(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        k = torch.arange(1, self.projections + 1, dtype=torch.int64, device=device)
+        salts = (k * 0x27D4EB2F) & _MASK31
+        weights = (_fmix(k * 0x165667B1 & _MASK31) & ((1 << 27) - 1)) | 1
+        return salts, weights
 
     def sample(
         self, logits: torch.Tensor, seeds: torch.Tensor, scale: torch.Tensor, streams: int

@@ -30,12 +30,13 @@ async def predict(request: Request, state: State) -> Response:
         from .generate import generate
 
         return await generate(request, state, caller)
+    assert state.batcher is not None
+    state.batcher.check_capacity()
     body = await read_model(request, PredictRequest)
     seed = state.keyed.row_seed(caller.key.id, caller.tier.name)
     item = await build_item(
         body.inputs, body.focus, body.top_k, caller, model.adapter, state.settings, seed
     )
-    assert state.batcher is not None
     predictions = await submit_until_disconnect(state.batcher, item, request.receive)
     return json_response(
         {

@@ -154,6 +154,8 @@ async def infer(name: str, request: Request, state: State) -> Response:
     model, tiers = state.require_ready()
     if model.task == "generation":
         raise InvalidInput("generation models are served by POST /predict", "name")
+    assert state.batcher is not None
+    state.batcher.check_capacity()
     body = await read_model(request, InferRequest)
     params = body.parameters or InferParameters(tier=None, top_k=None)
     caller = resolve_caller(request, record, tiers, params.tier or request.headers.get(TIER_HEADER))
