@@ -93,6 +93,17 @@ def client(make_client: ClientFactory) -> Iterator[TestClient]:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Single-threaded torch for a module: a tiny model only loses time to threads."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny causal LM directory (with calibration.txt and heldout.txt), built once per session

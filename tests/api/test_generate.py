@@ -34,19 +34,10 @@ from service.models.causal_lm import CausalLM, GenerationRequest
 from service.modulation import FreshNoise, KeyedNoise, NoiseSource
 from service.settings import Settings
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
 PROMPTS = ["the cow says", "count up: three four", "a banana is", "two plus three is", "anna"]
 NOISY_SIGMA = 2.0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Single-threaded torch: a model this small only loses time to threads on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +96,41 @@ def start_server(
         time.sleep(0.2)
     proc.kill()
     raise TimeoutError(f"aim serve did not become ready:\n{server.log()}")
+
+
+@contextmanager
+def prometheus_server(servers: list[LiveServer], tmp: Path) -> Iterator[str]:
+    """A real Prometheus (Debian's package) scraping `servers` every second; yields its URL."""
+    binary = shutil.which("prometheus")
+    assert binary, "the Prometheus server is required (.ci/run installs Debian's `prometheus`)"
+    targets = [s.url.removeprefix("http://") for s in servers]
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {
+                "job_name": "aim",
+                "metrics_path": "/metrics",
+                "static_configs": [{"targets": targets}],
+            }
+        ],
+    }
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def stop_server(server: LiveServer) -> int:

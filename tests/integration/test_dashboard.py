@@ -4,8 +4,6 @@ scrapes real, loaded services (the digits classifier, and a tiny LM for the gene
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,11 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from service.keys import create_key
 
-from .conftest import LiveServer, free_port, start_server, stop_server
+from .conftest import LiveServer, prometheus_server, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -44,31 +41,8 @@ def lm_server(tiny_lm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 def prometheus(
     live_server: LiveServer, lm_server: LiveServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    binary = shutil.which("prometheus")
-    assert binary, "the Prometheus server is required (.ci/run installs Debian's `prometheus`)"
-    tmp = tmp_path_factory.mktemp("prom")
-    targets = [s.url.removeprefix("http://") for s in (live_server, lm_server)]
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "aim", "static_configs": [{"targets": targets}]}],
-    }
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={tmp / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with prometheus_server([live_server, lm_server], tmp_path_factory.mktemp("prom")) as url:
+        yield url
 
 
 def _load(vision: LiveServer, lm: LiveServer, stop: threading.Event) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,9 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from .conftest import LiveServer, free_port
+from .conftest import LiveServer, prometheus_server
 
 pytestmark = pytest.mark.integration
 
@@ -108,32 +105,7 @@ def test_mixed_tier_batches_answer_as_alone_and_bad_items_fail_alone(
 
 
 def test_prometheus_scrapes_the_latency_histogram(live_server: LiveServer, tmp_path: Path) -> None:
-    binary = shutil.which("prometheus")
-    assert binary, "the Prometheus server is required (.ci/run installs Debian's `prometheus`)"
-    target = live_server.url.removeprefix("http://")
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [
-            {
-                "job_name": "aim",
-                "metrics_path": "/metrics",
-                "static_configs": [{"targets": [target]}],
-            }
-        ],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with prometheus_server([live_server], tmp_path) as prom:
         key = live_server.keys["silver"][0]
         for _ in range(5):
             _one(live_server.url, key, {"inputs": [[[0.0] * 8] * 8]})
@@ -143,7 +115,7 @@ def test_prometheus_scrapes_the_latency_histogram(live_server: LiveServer, tmp_p
         while time.monotonic() < deadline and not result:
             time.sleep(1)
             try:
-                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": query})
+                r = httpx.get(f"{prom}/api/v1/query", params={"query": query})
                 result = r.json()["data"]["result"] if r.status_code == 200 else []
             except httpx.HTTPError:
                 continue
@@ -152,10 +124,7 @@ def test_prometheus_scrapes_the_latency_histogram(live_server: LiveServer, tmp_p
         assert {s["metric"]["tier"] for s in result} >= {"silver"}
         # No key, hash or key id ever becomes a label.
         series = httpx.get(
-            f"http://127.0.0.1:{port}/api/v1/series", params={"match[]": '{__name__=~"aim_.*"}'}
+            f"{prom}/api/v1/series", params={"match[]": '{__name__=~"aim_.*"}'}
         ).json()["data"]
         labels = {k for s in series for k in s}
         assert not labels & {"key", "key_id", "api_key"}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

@@ -6,7 +6,6 @@ A tiny Llama-style model is trained once per session from the corpus that ships 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from service.models.causal_lm import (
 from service.models.errors import InputError, ModelLoadError
 from service.modulation import FreshNoise, KeyedNoise, expected_agreement, sigma_for_agreement
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
 PROMPTS = [
     "the cow says",
@@ -36,15 +35,6 @@ PROMPTS = [
     "anna sees a",
     "the",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Single-threaded torch: a model this small only loses time to threads on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
