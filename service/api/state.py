@@ -213,6 +213,14 @@ class AppState:
 
     # Access -----------------------------------------------------------------------------------
 
+    @property
+    def serving(self) -> bool:
+        """Loaded, and the worker that serves requests (batcher or generation scheduler) runs."""
+        if self.model is None:
+            return False
+        worker = self.batcher if self.batcher is not None else self.generator
+        return worker is not None and worker.alive
+
     def require_ready(self) -> tuple[LoadedModel, TierTable]:
         if self.model is None or self.tiers is None:
             if self.load_error:

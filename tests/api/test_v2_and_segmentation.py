@@ -124,3 +124,12 @@ def test_segmentation_region_outside_the_image_is_422(
         headers={"X-API-Key": api_keys["gold"]},
     )
     assert r.status_code == 422 and error_of(r)["field"] == "focus[0].region"
+
+
+def test_readiness_follows_the_worker(make_client: Any) -> None:
+    with make_client() as c:
+        assert c.get("/readyz").status_code == 200
+        state = c.app.state.aim  # type: ignore[attr-defined]
+        c.portal.call(state.batcher.stop)  # type: ignore[union-attr]
+        assert c.get("/readyz").json() == {"status": "stopped"}
+        assert c.get("/v2/health/ready").status_code == 503

@@ -42,7 +42,7 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", tags=["health"], responses={503: {"description": "Not ready"}})
 async def readyz(state: State) -> Response:
     """Readiness: the model is loaded, warmed up and the tiers calibrated."""
-    if state.model is not None and (state.batcher is None or state.batcher.alive):
+    if state.serving:
         return json_response({"status": "ready"})
     if state.model is not None:
         return json_response({"status": "stopped"}, status=503)

@@ -78,7 +78,7 @@ async def live() -> dict[str, bool]:
 
 @router.get("/health/ready", responses={503: {"description": "Not ready"}})
 async def ready(state: State) -> Response:
-    ok = state.model is not None
+    ok = state.serving
     return json_response({"ready": ok}, status=200 if ok else 503)
 
 
@@ -120,7 +120,7 @@ async def model_metadata(name: str, state: State) -> Response:
 @router.get("/models/{name}/ready", responses={404: {"description": "Unknown model"}})
 async def model_ready(name: str, state: State) -> Response:
     _check_name(state, name)
-    ok = state.model is not None
+    ok = state.serving
     return json_response({"name": name, "ready": ok}, status=200 if ok else 503)
 
 
