@@ -53,8 +53,12 @@ def _inline(schema: Any, defs: dict[str, Any]) -> Any:
     return schema
 
 
-def request_body(model: type[BaseModel]) -> dict[str, Any]:
-    """`openapi_extra` declaring `model` as the JSON request body (refs inlined)."""
-    schema = model.model_json_schema()
-    inlined = _inline(schema, schema.get("$defs", {}))
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inlined}}}}
+def request_body(*models: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` declaring the JSON request body: one model, or any of several (refs
+    inlined)."""
+    schemas = []
+    for model in models:
+        schema = model.model_json_schema()
+        schemas.append(_inline(schema, schema.get("$defs", {})))
+    body = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}}

@@ -177,3 +177,19 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     server.keys = keys
     yield server
     stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def lm_server(tiny_lm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A real `aim serve` of the tiny causal LM (generation), gold and silver tiers."""
+    tmp = tmp_path_factory.mktemp("live-lm")
+    config = {
+        "model": {"task": "generation", "loader": "huggingface", "path": str(tiny_lm_dir)},
+        "tiers": {"gold": {"utility": 1.0}, "silver": {"sigma": 1.0}},
+    }
+    keys_file = tmp / "keys.yaml"
+    keys = {t: [create_key(keys_file, t, f"lm-{t}")[1]] for t in ("gold", "silver")}
+    server = start_server(tmp, config, keys_file)
+    server.keys = keys
+    yield server
+    stop_server(server)

@@ -13,28 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
-from service.keys import create_key
-
-from .conftest import LiveServer, prometheus_server, start_server, stop_server
+from .conftest import LiveServer, prometheus_server
 
 pytestmark = pytest.mark.integration
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy/grafana/dashboards/aim.json"
-
-
-@pytest.fixture(scope="module")
-def lm_server(tiny_lm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    tmp = tmp_path_factory.mktemp("live-lm")
-    config = {
-        "model": {"task": "generation", "loader": "huggingface", "path": str(tiny_lm_dir)},
-        "tiers": {"gold": {"utility": 1.0}, "silver": {"sigma": 1.0}},
-    }
-    keys_file = tmp / "keys.yaml"
-    keys = {t: [create_key(keys_file, t, f"lm-{t}")[1]] for t in ("gold", "silver")}
-    server = start_server(tmp, config, keys_file)
-    server.keys = keys
-    yield server
-    stop_server(server)
 
 
 @pytest.fixture(scope="module")

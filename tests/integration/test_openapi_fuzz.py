@@ -17,7 +17,9 @@ from .conftest import LiveServer
 pytestmark = pytest.mark.integration
 
 
-def test_no_server_errors(live_server: LiveServer) -> None:
+@pytest.mark.parametrize("server", ["live_server", "lm_server"])
+def test_no_server_errors(server: str, request: pytest.FixtureRequest) -> None:
+    live_server: LiveServer = request.getfixturevalue(server)
     st = str(Path(sys.executable).with_name("st"))
     proc = subprocess.run(
         [

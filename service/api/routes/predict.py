@@ -9,7 +9,7 @@ from ...batching import submit_until_disconnect
 from ..body import json_response, read_model, request_body
 from ..deps import TIER_HEADER, State, authenticate, charge, resolve_caller
 from ..parsing import build_item
-from ..schemas import ERROR_RESPONSES, PredictRequest, PredictResponse
+from ..schemas import ERROR_RESPONSES, GenerateRequest, PredictRequest, PredictResponse
 
 router = APIRouter(tags=["inference"])
 
@@ -18,7 +18,8 @@ router = APIRouter(tags=["inference"])
     "/predict",
     response_model=PredictResponse,
     responses=ERROR_RESPONSES,
-    openapi_extra=request_body(PredictRequest),
+    # Vision models take PredictRequest, generation models GenerateRequest.
+    openapi_extra=request_body(PredictRequest, GenerateRequest),
     summary="Predict at the caller's tier (or a lower one named in X-AIM-Tier)",
 )
 async def predict(request: Request, state: State) -> Response:
