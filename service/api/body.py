@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from ..errors import InvalidInput, UnsupportedMedia
-from .errors import field_path
+from .errors import invalid_input
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -27,15 +27,7 @@ async def read_model(request: Request, model: type[M]) -> M:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        first = errors[0]
-        if first.get("type") == "json_invalid":
-            raise InvalidInput(f"body is not valid JSON: {first.get('msg')}", "body") from None
-        field = field_path(tuple(first.get("loc", ())))
-        shown = repr(first.get("input"))
-        shown = shown if len(shown) <= 80 else shown[:77] + "..."
-        got = "" if first.get("type") == "missing" else f", got {shown}"
-        raise InvalidInput(f"`{field}`: {first.get('msg')}{got}", field) from None
+        raise invalid_input(list(exc.errors(include_url=False))) from None
 
 
 def json_response(content: Any, status: int = 200) -> Response:

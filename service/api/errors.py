@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from ..errors import ServiceError
+from ..errors import InvalidInput, ServiceError
 from ..logs import request_id_var
 
 log = logging.getLogger(__name__)
@@ -56,24 +56,18 @@ def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     return out or "body"
 
 
-def validation_error(errors: list[Any]) -> Response:
+def invalid_input(errors: list[Any]) -> InvalidInput:
+    """The first pydantic error as a 422 naming its field (the count of the others appended)."""
     first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": ""}
-    loc = tuple(first.get("loc", ()))
     if first.get("type") == "json_invalid":
-        return error_response(
-            422, "invalid_json", f"body is not valid JSON: {first.get('msg')}", "body"
-        )
-    field = field_path(loc)
-    msg = str(first.get("msg", "invalid value"))
-    value = first.get("input")
-    shown = repr(value)
+        return InvalidInput(f"body is not valid JSON: {first.get('msg')}", "body")
+    field = field_path(tuple(first.get("loc", ())))
+    shown = repr(first.get("input"))
     if len(shown) > 80:
         shown = shown[:77] + "..."
+    got = "" if first.get("type") == "missing" else f", got {shown}"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    message = (
-        f"`{field}`: {msg}" + (f", got {shown}" if first.get("type") != "missing" else "") + more
-    )
-    return error_response(422, "invalid_input", message, field)
+    return InvalidInput(f"`{field}`: {first.get('msg', 'invalid value')}{got}{more}", field)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -83,11 +77,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(request: Request, exc: RequestValidationError) -> Response:
-        return validation_error(list(exc.errors()))
+        return await _service_error(request, invalid_input(list(exc.errors())))
 
     @app.exception_handler(ValidationError)
     async def _validation(request: Request, exc: ValidationError) -> Response:
-        return validation_error(list(exc.errors()))
+        return await _service_error(request, invalid_input(list(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
