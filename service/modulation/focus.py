@@ -128,6 +128,11 @@ def apply_focus(
         raise ModulationArgumentError(
             "half_normal", tuple(half_normal.shape), f"has to have shape {tuple(logits.shape)}"
         )
+    return focused(logits, field, half_normal)
+
+
+def focused(logits: torch.Tensor, field: torch.Tensor, half_normal: torch.Tensor) -> torch.Tensor:
+    """`apply_focus` without the argument checks, for callers that made them once."""
     f = field.to(logits.device, logits.dtype)
     if f.dim() < logits.dim():
         f = f.view(*f.shape, *([1] * (logits.dim() - f.dim())))

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from ._checks import check_logits, check_sigma
-from .focus import apply_focus
+from .focus import focused
 from .noise import NoiseSource
-from .utility import add_utility_noise
+from .utility import noised
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,8 @@ def modulate(logits: torch.Tensor, params: BatchModulation, source: NoiseSource)
     )
     scale = torch.where(sigma > 0, sigma, torch.where(focus_scale > 0, focus_scale, 1.0))
     noise = source.sample(logits, params.seeds, scale, 2 if field is not None else 1)
-    out = add_utility_noise(logits, sigma, noise[0])
+    # Logits and σ were checked above; the unchecked steps avoid a second pass over the logits.
+    out = noised(logits, sigma, noise[0])
     if field is not None:
-        out = apply_focus(out, field, noise[1].abs())
+        out = focused(out, field, noise[1].abs())
     return out

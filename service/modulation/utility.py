@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import check_logits, check_sigma, row_view
+from .errors import ModulationArgumentError
 
 
 def add_utility_noise(
@@ -18,11 +19,14 @@ def add_utility_noise(
     check_logits(logits)
     sig = check_sigma(torch.as_tensor(sigma), logits.shape[0]).to(logits.device)
     if noise.shape != logits.shape:
-        from .errors import ModulationArgumentError
-
         raise ModulationArgumentError(
             "noise", tuple(noise.shape), f"has to have the shape of logits {tuple(logits.shape)}"
         )
-    s = row_view(sig, logits)
+    return noised(logits, sig, noise)
+
+
+def noised(logits: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """`add_utility_noise` without the argument checks, for callers that made them once."""
+    s = row_view(sigma, logits)
     # `where` rather than `z + 0·ε`: adding +0.0 turns -0.0 into +0.0, and σ = 0 rows must be exact.
     return torch.where(s > 0, logits + s * noise, logits)
