@@ -71,12 +71,12 @@ class KeyStore:
 
 
 def read_keys_file(path: Path, tiers: set[str] | None = None) -> list[KeyRecord]:
-    try:
-        raw: Any = yaml.safe_load(path.read_text()) if path.exists() else None
-    except yaml.YAMLError as exc:
-        raise KeysFileError(f"keys file {str(path)!r} is not valid YAML: {exc}") from None
     if not path.exists():
         raise KeysFileError(f"keys file {str(path)!r} does not exist")
+    try:
+        raw: Any = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise KeysFileError(f"keys file {str(path)!r} is not valid YAML: {exc}") from None
     if raw is None:
         return []
     entries = raw.get("keys") if isinstance(raw, dict) else None
