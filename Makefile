@@ -9,9 +9,26 @@ CPU_TORCH ?= torch==2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: bootstrap serve test test-unit lint typecheck check bench clean
+.PHONY: bootstrap system-deps serve test test-unit lint typecheck check bench clean
 
 bootstrap: $(STAMP)
+
+# Servers the integration tests run for real (Debian packages): Prometheus scrapes /metrics,
+# Redis holds shared state, nginx balances replicas. Installed once when missing, so that
+# `make test` on a fresh machine needs nothing else.
+SYSTEM_BINARIES := prometheus redis-server nginx
+SYSTEM_PACKAGES := prometheus redis-server nginx
+system-deps:
+	@missing=""; for b in $(SYSTEM_BINARIES); do \
+		command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || [ -x /usr/bin/$$b ] || missing="$$missing $$b"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages for the integration tests:$$missing"; \
+		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			$(SYSTEM_PACKAGES) >/dev/null || { echo "could not install:$$missing (Debian packages $(SYSTEM_PACKAGES))"; exit 1; }; \
+	fi
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +43,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 serve: $(STAMP)
 	$(BIN)/aim serve --demo --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
 test-unit: $(STAMP)
