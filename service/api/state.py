@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..batching import Batcher
+from ..calibration import CalibrationCache, calibration_set, tier_sigmas
 from ..config import ServiceConfig
 from ..engine import Engine
 from ..errors import Unavailable
@@ -27,7 +28,7 @@ from ..keys import KeyStore
 from ..metrics import Metrics
 from ..modulation import FreshNoise, KeyedNoise, NoiseSource
 from ..settings import Settings
-from ..tiers import CalibrationCache, TierTable, build_tiers
+from ..tiers import TierTable, build_tiers
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,8 @@ class AppState:
         )
 
     def _load_blocking(self) -> tuple[Any, TierTable]:
-        from ..models import calibration_inputs, load_model
-        from ..models.registry import SHIPPED, ModelSpec
+        from ..models import load_model
+        from ..models.registry import ModelSpec
 
         device = resolve_device(self.settings.device)
         if device.type == "cpu":
@@ -158,50 +159,10 @@ class AppState:
             spec = ModelSpec.from_dict(spec, self.config.base_dir)
         adapter: Any = self._preloaded or load_model(spec, device)
         adapter.warmup()
-        if adapter.task == "generation":
-            return adapter, self._generation_tiers(adapter)
-        inputs = (
-            calibration_inputs(self.config.model)
-            if isinstance(self.config.model, str) and self.config.model in SHIPPED
-            else None
-        )
-
-        def logits() -> torch.Tensor:
-            assert inputs is not None
-            return adapter.forward(inputs.to(adapter.device)).cpu()
-
-        tiers = build_tiers(
-            self.config.tiers,
-            logits if inputs is not None else None,
-            fingerprint=adapter.fingerprint(),
-            calibration_inputs=inputs,
-            cache=CalibrationCache(self.settings.cache_dir / "calibration.json"),
-        )
-        return adapter, tiers
-
-    def _generation_tiers(self, lm: Any) -> TierTable:
-        """`utility` tiers calibrated on the teacher-forced steps of the model's calibration text
-        (read only when a tier needs it), cached by model files, text and step budget."""
-        from ..models import read_texts
-
-        targets = [t.utility for t in self.config.tiers if t.utility is not None]
-        texts = (
-            read_texts(lm.calibration_file, "calibration text")
-            if any(t < 1.0 for t in targets)
-            else None
-        )
-
-        def logits() -> torch.Tensor:
-            assert texts is not None
-            return lm.calibration_logits(texts, targets)
-
-        return build_tiers(
-            self.config.tiers,
-            logits if texts is not None else None,
-            fingerprint=lm.fingerprint(),
-            calibration_inputs=lm.calibration_key(texts) if texts is not None else None,
-            cache=CalibrationCache(self.settings.cache_dir / "calibration.json"),
-        )
+        calibration = calibration_set(adapter, self.config.model, self.config.tiers)
+        cache = CalibrationCache(self.settings.cache_dir / "calibration.json")
+        sigmas = tier_sigmas(self.config.tiers, calibration, cache)
+        return adapter, build_tiers(self.config.tiers, sigmas)
 
     async def stop(self) -> None:
         if self._loader is not None and not self._loader.done():

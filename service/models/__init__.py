@@ -14,7 +14,6 @@ from .causal_lm import (
     GenerationResult,
     TokenEvent,
     read_texts,
-    shortlist_logits,
 )
 from .data import DigitsSplits, digit_scenes, digits_splits
 from .errors import InputError, ModelLoadError
@@ -67,5 +66,4 @@ __all__ = [
     "model_card",
     "read_labels",
     "read_texts",
-    "shortlist_logits",
 ]

@@ -13,21 +13,16 @@ token budget. Rows that finish (EOS or budget) are dropped from the cache, and s
 :meth:`DecodeBatch.cancel` ends (its client went away). :meth:`CausalLM.generate` runs a batch to
 completion and :meth:`CausalLM.stream` yields :class:`TokenEvent` s as they come.
 
-Calibration treats every teacher-forced step of a text set as one decision:
-:meth:`CausalLM.teacher_forced_logits` gives D×V logits and the true next tokens, which feed
-``sigma_for_agreement`` / ``predicted_accuracy``; :func:`step_agreement` measures what noise does
-to those steps. The quadrature behind those predictions costs D·V·48 evaluations per σ, too much
-for a vocabulary of 10⁵ tokens, so :func:`shortlist_logits` keeps each step's K largest logits,
-with K doubled until the prediction at the σ of interest stops changing (see its docstring).
+Calibration (teacher-forced steps as decisions, shortlisted logits) lives in
+``service/calibration.py``; this adapter only gives it the model and tokenizer.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
-import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -38,11 +33,8 @@ from ..modulation import (
     BatchModulation,
     FocusEntry,
     NoiseSource,
-    expected_agreement,
     focus_field,
     modulate,
-    predicted_accuracy,
-    sigma_for_agreement,
 )
 from .errors import InputError, ModelLoadError, describe_value
 
@@ -123,26 +115,6 @@ class TokenEvent(NamedTuple):
     """The token chosen; with ``finish_reason == "stop"`` it is the EOS and not part of the text."""
     finish_reason: FinishReason | None
     """Set on the row's last event only."""
-
-
-@dataclass(frozen=True)
-class StepAgreement:
-    """Effect of noise of scale σ on teacher-forced decoding steps, measured and predicted."""
-
-    sigma: float
-    decisions: int
-    """Steps measured (per draw)."""
-    draws: int
-    agreement: float
-    """Share of steps whose modulated arg-max is the unmodulated arg-max (mean over draws)."""
-    accuracy: float
-    """Share of steps whose modulated arg-max is the true next token."""
-    clean_accuracy: float
-    """Accuracy without noise."""
-    predicted_agreement: float
-    """``expected_agreement`` of the same logits at σ."""
-    predicted_accuracy: float
-    """``predicted_accuracy`` of the same logits and labels at σ."""
 
 
 def _check_int(field: str, value: Any, low: int, high: int | None) -> None:
@@ -344,95 +316,6 @@ class CausalLM:
         """Decode all ``requests`` together, yielding each token as it is produced."""
         return DecodeBatch(self, requests, source).events()
 
-    # Calibration --------------------------------------------------------------------------------
-
-    def teacher_forced_logits(
-        self,
-        texts: Sequence[str],
-        max_tokens: int = 4096,
-        batch_size: int = 16,
-        append_eos: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits of every decoding step of ``texts`` under teacher forcing, and the true tokens.
-
-        Each text is encoded like a prompt (BOS included), followed by EOS when ``append_eos``
-        (ending a text is a decision too), and cut to ``max_context`` tokens. Step i of a text
-        is the logit vector after its first i + 1 tokens, labelled with token i + 1. Returns
-        float32 logits D×V and int64 labels D on the CPU, D ≤ ``max_tokens`` (texts are used in
-        order until the budget is spent). Memory is D·V floats: mind large vocabularies.
-        """
-        _check_int("max_tokens", max_tokens, 1, None)
-        _check_int("batch_size", batch_size, 1, None)
-        eos = min(self.eos_token_ids) if self.eos_token_ids else None
-        sequences: list[list[int]] = []
-        total = 0
-        for text in texts:
-            ids = self.encode(text) + ([eos] if append_eos and eos is not None else [])
-            ids = ids[: self.max_context]
-            if len(ids) < 2:
-                continue
-            sequences.append(ids)
-            total += len(ids) - 1
-            if total >= max_tokens:
-                break
-        chunks: list[torch.Tensor] = []
-        labels: list[torch.Tensor] = []
-        with torch.inference_mode():
-            for start in range(0, len(sequences), batch_size):
-                rows = sequences[start : start + batch_size]
-                width = max(len(r) for r in rows)
-                batch = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-                mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for i, r in enumerate(rows):  # right padding: causal steps never see it
-                    batch[i, : len(r)] = torch.tensor(r)
-                    mask[i, : len(r)] = 1
-                out = self.model(
-                    input_ids=batch.to(self.device), attention_mask=mask.to(self.device)
-                )
-                valid = mask[:, 1:].bool()
-                chunks.append(out.logits[:, :-1].float().cpu()[valid])
-                labels.append(batch[:, 1:][valid])
-        if not chunks:
-            raise InputError("texts", list(texts)[:3], "has to hold text of at least one token")
-        return torch.cat(chunks)[:max_tokens], torch.cat(labels)[:max_tokens]
-
-    def measured_step_agreement(
-        self,
-        texts: Sequence[str],
-        sigma: float,
-        source: NoiseSource,
-        seed: int = 0,
-        max_tokens: int = 4096,
-        draws: int = 1,
-    ) -> StepAgreement:
-        """:func:`step_agreement` on the teacher-forced steps of ``texts``."""
-        logits, labels = self.teacher_forced_logits(texts, max_tokens=max_tokens)
-        return step_agreement(logits, labels, sigma, source, seed=seed, draws=draws)
-
-    def calibration_key(self, texts: Sequence[str]) -> torch.Tensor:
-        """What picks the calibration decisions besides the model files: the texts and the step
-        budget, as a byte tensor (``build_tiers`` hashes it into the calibration cache key), so
-        a cached σ is found without running the model."""
-        data = f"{_SHORTLIST_METHOD}\x00{self.calibration_tokens}\x00" + "\n".join(texts)
-        return torch.frombuffer(bytearray(data.encode("utf-8")), dtype=torch.uint8)
-
-    def calibration_logits(self, texts: Sequence[str], targets: Sequence[float]) -> torch.Tensor:
-        """Step logits to calibrate σ on: the teacher-forced steps of ``texts`` (at most
-        ``calibration_tokens``), each cut to a shortlist of its largest logits that is long
-        enough for the lowest of ``targets`` (:func:`shortlist_logits`), on the model's device."""
-        logits, _ = self.teacher_forced_logits(texts, max_tokens=self.calibration_tokens)
-        logits = logits.to(self.device)  # on a GPU the quadrature is much faster
-        lowest = min((float(t) for t in targets), default=1.0)
-        if lowest >= 1.0:
-            return logits
-        # A target at or below chance among K logits has no σ there: start above 2/target.
-        start = max(32, 1 << math.ceil(math.log2(2.0 / lowest)))
-        # The σ found on the shortest list bounds the lowest target's σ from above (fewer
-        # competitors, more agreement), so a shortlist converged at it is long enough.
-        return shortlist_logits(
-            logits, lambda short: sigma_for_agreement(short, lowest), start=start
-        )
-
 
 def read_texts(path: str | Path, kind: str = "text file") -> list[str]:
     """The non-empty lines of a UTF-8 text file, stripped; :class:`ModelLoadError` names the
@@ -448,91 +331,6 @@ def read_texts(path: str | Path, kind: str = "text file") -> list[str]:
     if not texts:
         raise ModelLoadError(str(file), "holds no text (one sample per line)", kind)
     return texts
-
-
-_SHORTLIST_METHOD = "shortlist-v1"
-
-
-def shortlist_logits(
-    logits: torch.Tensor,
-    sigma: float | Callable[[torch.Tensor], float],
-    tolerance: float = 1e-3,
-    start: int = 32,
-) -> torch.Tensor:
-    """Each step's K largest logits, in descending order: enough to predict agreement at σ.
-
-    The quadrature behind ``expected_agreement`` costs D·V·48 evaluations per σ. A token far below
-    the top hardly ever overtakes it, so the prediction on the top K logits converges to the one
-    on all V as K grows (from above: fewer competitors, more agreement). K starts at ``start`` and
-    doubles until the predictions on K and on 2K logits differ by at most ``tolerance`` (0.1 pp by
-    default, a tenth of the sampling error of 1,000 calibration steps), and the 2K shortlist is
-    returned; all V logits, sorted, once 2K reaches V. This is a convergence check, not a bound.
-    ``sigma`` is the largest σ of interest, or a function of the first shortlist giving it (the σ
-    of the lowest target agreement, computed once). Column 0 is each step's top token; which
-    token each column was is not kept.
-    """
-    _check_int("start", start, 1, None)
-    vocab = int(logits.shape[1])
-    k = min(start, vocab)
-    at: float | None = None if callable(sigma) else float(sigma)
-    while True:
-        if 2 * k >= vocab:
-            return logits.sort(dim=1, descending=True).values
-        wider = logits.topk(2 * k, dim=1).values
-        short = wider[:, :k]
-        if at is None:
-            assert callable(sigma)
-            at = float(sigma(short))
-        if at == 0:
-            return wider
-        if abs(expected_agreement(short, at) - expected_agreement(wider, at)) <= tolerance:
-            return wider
-        k *= 2
-
-
-def step_agreement(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    sigma: float,
-    source: NoiseSource,
-    seed: int = 0,
-    draws: int = 1,
-    chunk_rows: int = 1024,
-) -> StepAgreement:
-    """Apply utility noise σ to D×V step logits and measure agreement and accuracy.
-
-    Agreement is the share of steps whose arg-max survives the noise, accuracy the share that
-    hits the label. Each of ``draws`` draws uses keyed seed ``seed + draw`` for every row (a
-    fresh source draws anew anyway); results are means over draws. The predictions come from the
-    same logits, so measured and predicted figures differ by sampling error only.
-    """
-    _check_int("draws", draws, 1, None)
-    _check_int("seed", seed, 0, _MAX_SEED - draws)
-    _check_float("sigma", sigma, low=0.0)
-    clean = logits.argmax(dim=1)
-    agree = hits = 0
-    for draw in range(draws):
-        for start in range(0, logits.shape[0], chunk_rows):
-            z = logits[start : start + chunk_rows]
-            n = z.shape[0]
-            params = BatchModulation(
-                sigma=torch.full((n,), float(sigma)),
-                seeds=torch.full((n,), seed + draw, dtype=torch.int64),
-            )
-            top = modulate(z, params, source).argmax(dim=1)
-            agree += int((top == clean[start : start + n]).sum())
-            hits += int((top == labels[start : start + n]).sum())
-    total = logits.shape[0] * draws
-    return StepAgreement(
-        sigma=float(sigma),
-        decisions=int(logits.shape[0]),
-        draws=draws,
-        agreement=agree / total,
-        accuracy=hits / total,
-        clean_accuracy=float((clean == labels).double().mean()),
-        predicted_agreement=expected_agreement(logits, float(sigma)),
-        predicted_accuracy=predicted_accuracy(logits, labels, float(sigma)),
-    )
 
 
 class DecodeBatch:

@@ -1,4 +1,4 @@
-"""The causal LM adapter: batched decoding with modulation at every step, and its calibration.
+"""The causal LM adapter: batched decoding with modulation at every step.
 
 A tiny Llama-style model is trained once per session from the corpus that ships with the repo
 (`scripts/make_tiny_lm.py`, a few seconds on a CPU), so nothing needs the network.
@@ -19,11 +19,9 @@ from service.models.causal_lm import (
     GenerationRequest,
     TokenEvent,
     read_texts,
-    shortlist_logits,
-    step_agreement,
 )
 from service.models.errors import InputError, ModelLoadError
-from service.modulation import FreshNoise, KeyedNoise, expected_agreement, sigma_for_agreement
+from service.modulation import FreshNoise, KeyedNoise
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -40,13 +38,6 @@ PROMPTS = [
 @pytest.fixture(scope="session")
 def lm(tiny_lm_dir: Path) -> CausalLM:
     return CausalLM.load(tiny_lm_dir)
-
-
-@pytest.fixture(scope="session")
-def heldout_steps(lm: CausalLM, tiny_lm_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced step logits and next tokens of the held-out text."""
-    texts = (tiny_lm_dir / "heldout.txt").read_text().splitlines()
-    return lm.teacher_forced_logits(texts, max_tokens=4096)
 
 
 @pytest.fixture
@@ -248,48 +239,6 @@ def test_focus_up_raises_the_frequency_of_the_token(lm: CausalLM, keyed: KeyedNo
     assert after >= before + 3, (before, after)
 
 
-# Calibration -------------------------------------------------------------------------------------
-
-
-def test_teacher_forced_logits_are_the_model_steps(
-    lm: CausalLM, heldout_steps: tuple[torch.Tensor, torch.Tensor], tiny_lm_dir: Path
-) -> None:
-    logits, labels = heldout_steps
-    assert logits.shape == (labels.shape[0], lm.vocab_size) and logits.dtype == torch.float32
-    first = (tiny_lm_dir / "heldout.txt").read_text().splitlines()[0]
-    ids = [*lm.encode(first), 0]
-    with torch.inference_mode():
-        direct = lm.model(input_ids=torch.tensor([ids])).logits[0, :-1]
-    steps = len(ids) - 1
-    torch.testing.assert_close(logits[:steps], direct, atol=1e-4, rtol=1e-4)
-    assert labels[:steps].tolist() == ids[1:]
-    assert float((logits.argmax(1) == labels).double().mean()) > 0.3  # far above chance
-
-
-@pytest.mark.parametrize("sigma", [0.5, 2.0])
-def test_measured_step_agreement_matches_the_prediction(
-    heldout_steps: tuple[torch.Tensor, torch.Tensor], sigma: float
-) -> None:
-    logits, labels = heldout_steps
-    draws = 4
-    source = FreshNoise(torch.Generator().manual_seed(0))
-    result = step_agreement(logits, labels, sigma, source, draws=draws)
-    assert result.decisions * result.draws >= 2000
-    assert 0.3 < result.agreement < 0.99  # σ is in the informative range
-    assert abs(result.agreement - result.predicted_agreement) < 0.02, result
-    assert abs(result.accuracy - result.predicted_accuracy) < 0.02, result
-    assert result.accuracy <= result.clean_accuracy + 0.02
-
-
-def test_measured_step_agreement_from_texts(
-    lm: CausalLM, tiny_lm_dir: Path, keyed: KeyedNoise
-) -> None:
-    texts = (tiny_lm_dir / "calibration.txt").read_text().splitlines()[:20]
-    clean = lm.measured_step_agreement(texts, 0.0, keyed, seed=1)
-    assert clean.agreement == 1.0 and clean.predicted_agreement == 1.0
-    assert clean.accuracy == clean.clean_accuracy
-
-
 # Cancelling -------------------------------------------------------------------------------------
 
 
@@ -319,41 +268,6 @@ def test_rows_cancelled_before_the_first_step_never_run(lm: CausalLM) -> None:
     batch.cancel(1)
     assert batch.done and batch.step() == [None, None]
     assert [r.token_ids for r in batch.results()] == [(), ()]
-
-
-# Calibration at vocabulary scale -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("sigma", [0.5, 2.0])
-def test_a_shortlist_predicts_agreement_like_the_whole_vocabulary(
-    heldout_steps: tuple[torch.Tensor, torch.Tensor], sigma: float
-) -> None:
-    logits = heldout_steps[0][:512]
-    short = shortlist_logits(logits, sigma)
-    assert short.shape[0] == logits.shape[0]
-    assert torch.equal(short[:, 0], logits.max(dim=1).values)
-    full = expected_agreement(logits, sigma)
-    assert abs(expected_agreement(short, sigma) - full) < 1e-3
-    if sigma == 0.5:
-        assert short.shape[1] < logits.shape[1] // 4  # the point: far fewer columns
-
-
-def test_calibration_logits_give_the_sigma_of_the_whole_vocabulary(
-    lm: CausalLM, tiny_lm_dir: Path
-) -> None:
-    texts = read_texts(tiny_lm_dir / "calibration.txt")
-    lm.calibration_tokens = 256
-    try:
-        short = lm.calibration_logits(texts, [0.95, 0.8])
-        full, _ = lm.teacher_forced_logits(texts, max_tokens=256)
-    finally:
-        lm.calibration_tokens = 1024
-    assert short.shape[0] == full.shape[0] == 256 and short.shape[1] < full.shape[1]
-    sigma = sigma_for_agreement(short, 0.8)
-    assert abs(expected_agreement(full, sigma) - 0.8) < 2e-3
-    key = lm.calibration_key(texts)
-    assert key.dtype == torch.uint8 and torch.equal(key, lm.calibration_key(texts))
-    assert not torch.equal(key, lm.calibration_key(texts[1:]))
 
 
 def test_read_texts_names_a_missing_or_empty_file(tmp_path: Path) -> None:
