@@ -16,6 +16,7 @@ from .causal_lm import (
     read_texts,
 )
 from .data import DigitsSplits, digit_scenes, digits_splits
+from .device import resolve_device
 from .errors import InputError, ModelLoadError
 from .loaders import fixed_batch_size, load_export, load_factory, load_torchscript, load_weights
 from .registry import (
@@ -66,4 +67,5 @@ __all__ = [
     "model_card",
     "read_labels",
     "read_texts",
+    "resolve_device",
 ]

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .device import resolve_device
 from .errors import InputError, describe_value
 
 Task = Literal["classification", "segmentation", "generation"]
@@ -472,9 +473,7 @@ class VisionModel:
 
     def to(self, device: str | torch.device) -> VisionModel:
         """Move the network; "auto" picks CUDA when there is one."""
-        if str(device) == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        target = torch.device(device)
+        target = resolve_device(device)
         moved = self.module.to(target) if hasattr(self.module, "to") else self.module
         self.module = moved if moved is not None else self.module
         self.device = target

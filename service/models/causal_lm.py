@@ -36,6 +36,7 @@ from ..modulation import (
     focus_field,
     modulate,
 )
+from .device import resolve_device
 from .errors import InputError, ModelLoadError, describe_value
 
 FinishReason = Literal["stop", "length", "cancelled"]
@@ -199,7 +200,7 @@ class CausalLM:
             raise ModelLoadError(
                 str(directory), "generation needs the 'llm' extra (transformers, tokenizers)", kind
             ) from exc
-        target = _resolve_device(device)
+        target = resolve_device(device)
         options: dict[str, Any] = {"local_files_only": True}
         if dtype is not None:
             options["dtype"] = dtype
@@ -570,12 +571,6 @@ def _select_cache(cache: Any, index: torch.Tensor) -> Any:
         cache.batch_select_indices(index)
         return cache
     return tuple(tuple(t.index_select(0, index) for t in layer) for layer in cache)
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _max_context(config: Any, tokenizer: Any) -> int:

@@ -1,0 +1,118 @@
+"""The runtime: the model, its tiers, the noise source and the worker that serves requests,
+built from the settings and the config file, with no web imports.
+
+``api/state.py`` binds a runtime to FastAPI (lifespan, readiness); a script or a test can build
+one directly. Building takes two steps because they run in different places: :func:`load_runtime`
+blocks (model loading, warm-up, tier calibration) and runs on a thread, then :meth:`Runtime.start`
+starts the worker on the running event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .batching import Batcher
+from .calibration import CalibrationCache, calibration_set, tier_sigmas
+from .config import ServiceConfig
+from .engine import Engine
+from .generation import GenerationScheduler
+from .metrics import Metrics
+from .modulation import FreshNoise, KeyedNoise, NoiseSource
+from .settings import Settings
+from .tiers import TierTable, build_tiers
+
+
+def noise_sources(
+    settings: Settings, secret: bytes | None = None
+) -> tuple[KeyedNoise, NoiseSource]:
+    """The keyed noise (it also derives the per-key seeds) and the source that serves requests:
+    the keyed one, or fresh noise for research use. ``--demo`` without a secret makes one up."""
+    secret = secret or settings.secret_bytes()
+    if secret is None:
+        if not settings.demo:
+            raise ValueError("no server secret: set AIM_SECRET_FILE or AIM_SECRET (or --demo)")
+        secret = secrets.token_bytes(32)
+    keyed = KeyedNoise(secret)
+    return keyed, keyed if settings.noise == "keyed" else FreshNoise()
+
+
+def model_name(model: str | dict[str, Any]) -> str:
+    """The name the model is served under: a shipped name, a file's stem, or the spec's name."""
+    if isinstance(model, str):
+        return model.rsplit("/", 1)[-1].split(".")[0] if "/" in model else model
+    name = model.get("name") or str(model.get("path", "model")).rsplit("/", 1)[-1].split(".")[0]
+    return str(name)
+
+
+@dataclass
+class Runtime:
+    """A loaded model at its calibrated tiers, and (once started) the worker that serves it: the
+    generation scheduler for a generation model, else the vision batcher over an :class:`Engine`."""
+
+    name: str
+    adapter: Any
+    tiers: TierTable
+    source: NoiseSource
+    engine: Engine | None = None
+    batcher: Batcher[Any] | None = None
+    generator: GenerationScheduler | None = None
+
+    @property
+    def task(self) -> str:
+        return str(self.adapter.task)
+
+    def start(self, settings: Settings, metrics: Metrics) -> None:
+        """Start the worker on the running event loop."""
+        for tier in self.tiers:
+            metrics.set_sigma(tier.name, tier.sigma)
+        queue: dict[str, Any] = {
+            "max_rows": settings.max_batch_size,
+            "max_wait": settings.max_wait_ms / 1000.0,
+            "queue_size": settings.queue_size,
+            "on_depth": metrics.set_queue_depth,
+        }
+        if self.task == "generation":
+            self.generator = GenerationScheduler(self.adapter, self.source, metrics, **queue)
+            self.generator.start()
+        else:
+            self.engine = Engine(self.adapter, self.source, metrics)
+            self.batcher = Batcher(self.engine.run, **queue)
+            self.batcher.start()
+
+    @property
+    def alive(self) -> bool:
+        """The worker that serves requests runs."""
+        worker = self.batcher if self.batcher is not None else self.generator
+        return worker is not None and worker.alive
+
+    async def stop(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
+        if self.generator is not None:
+            await self.generator.stop()
+
+
+def load_runtime(
+    settings: Settings, config: ServiceConfig, source: NoiseSource, model: Any = None
+) -> Runtime:
+    """Load (or take the preloaded ``model``), warm up and calibrate the tiers; blocking."""
+    from .models import ModelSpec, load_model, resolve_device
+
+    device = resolve_device(settings.device)
+    if device.type == "cpu":
+        threads = settings.torch_threads or max(1, (os.cpu_count() or 2) // 2)
+        torch.set_num_threads(threads)
+    spec: Any = config.model
+    if isinstance(spec, dict):
+        spec = ModelSpec.from_dict(spec, config.base_dir)
+    adapter: Any = model or load_model(spec, device)
+    adapter.warmup()
+    calibration = calibration_set(adapter, config.model, config.tiers)
+    cache = CalibrationCache(settings.cache_dir / "calibration.json")
+    tiers = build_tiers(config.tiers, tier_sigmas(config.tiers, calibration, cache))
+    return Runtime(model_name(config.model), adapter, tiers, source)
