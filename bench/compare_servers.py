@@ -8,6 +8,8 @@ server), same load, same request bodies (one held-out 8×8 digit per request, cy
             utility 1.0/0.85/0.6); requests rotate over the tiers' keys, one key per request.
 - litserve: bench/peers/litserve_server.py, LitServe batching (32, 2 ms), fresh noise σ = 4.
 - fastapi:  bench/peers/plain_fastapi.py, one forward per request, fresh noise σ = 4.
+- floor:    bench/peers/floor_fastapi.py, a bare async FastAPI endpoint that parses the same
+            JSON body and answers a constant (no model): the framework's own cost per request.
 
 Load: `wrk` (C, cheap on the CPU it shares with the server) with 2 threads and 32 connections
 for `--duration` seconds after a `--warmup` run whose numbers are dropped; the Lua script
@@ -16,12 +18,15 @@ bench/peers/mixed_keys.lua rotates bodies and keys and tallies status codes. Pri
 as JSON to `--out`, and ends with the line
 
     ours/litserve req/s ratio: X.XX, p99 ratio: Y.YY
+    ours/floor req/s share: Z.ZZ
 
-(2xx req/s of ours over LitServe's; p99 of ours over LitServe's: lower is better). Every server
-started here is stopped on exit, Ctrl-C or error (each runs in its own process group).
+(2xx req/s of ours over LitServe's; p99 of ours over LitServe's: lower is better; ours' 2xx req/s
+as a share of the floor's). Each server's processes and OS threads are printed with its result.
+Every server started here is stopped on exit, Ctrl-C or error (each runs in its own process
+group).
 
     python bench/compare_servers.py [--duration 20] [--warmup 5] [--connections 32]
-                                    [--servers ours,litserve,fastapi] [--torch-threads N]
+                                    [--servers ours,litserve,fastapi,floor] [--torch-threads N]
                                     [--out FILE]
 """
 
@@ -50,11 +55,18 @@ from peers.harness import (
     run_wrk,
     running,
     smoke_test,
+    threads_per_process,
     write_lines,
     wrk_command,
 )
 
-SERVERS = ("ours", "litserve", "fastapi")
+SERVERS = ("ours", "litserve", "fastapi", "floor")
+SCRIPTS = {
+    "litserve": "litserve_server.py",
+    "fastapi": "plain_fastapi.py",
+    "floor": "floor_fastapi.py",
+}
+READY = {"litserve": "/health", "fastapi": "/healthz", "floor": "/healthz"}
 
 
 def build_server(
@@ -70,13 +82,11 @@ def build_server(
             **threads,
         }
         return aim_server(workdir, port, env, keys_per_tier=args.keys_per_tier)
-    script = {"litserve": "litserve_server.py", "fastapi": "plain_fastapi.py"}[name]
-    ready = {"litserve": "/health", "fastapi": "/healthz"}[name]
     server = Server(
         name=name,
-        command=[sys.executable, str(PEERS / script), str(port)],
+        command=[sys.executable, str(PEERS / SCRIPTS[name]), str(port)],
         port=port,
-        ready_path=ready,
+        ready_path=READY[name],
         log_path=workdir / f"{name}.log",
         env=threads,
     )
@@ -115,6 +125,7 @@ def bench_one(
             workdir / f"{name}-wrk.txt",
         )
         rss = rss_mib(server.proc.pid) if server.proc else 0.0
+        threads = threads_per_process(server.proc.pid) if server.proc else []
         if not server.alive():
             raise BenchError(f"{name} died under load; log:\n{server.log_tail()}")
         if result.ok == 0:
@@ -124,7 +135,10 @@ def bench_one(
                 f"{server.log_tail()}"
             )
     report(name, result)
+    print(f"[{name}] {len(threads)} process(es), OS threads per process {threads}", flush=True)
     return {
+        "processes": len(threads),
+        "threads_per_process": threads,
         **result.as_dict(),
         "ready_s": round(ready_s, 2),
         "rss_mib_after": round(rss, 1),
@@ -153,7 +167,7 @@ def fmt(x: float | None) -> str:
 def summary_table(results: dict[str, dict[str, Any]]) -> None:
     print()
     head = f"{'server':<10} {'req/s':>9} {'2xx/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}"
-    print(head + f" {'non-2xx':>8} {'sock err':>8} {'rss MiB':>8}")
+    print(head + f" {'non-2xx':>8} {'sock err':>8} {'rss MiB':>8} {'procs':>5}")
     for name, r in results.items():
         if "error" in r:
             print(f"{name:<10} failed: {r['error'].splitlines()[0]}")
@@ -162,7 +176,8 @@ def summary_table(results: dict[str, dict[str, Any]]) -> None:
         print(
             f"{name:<10} {r['rps']:>9.1f} {r['ok_rps']:>9.1f} {lat['p50']:>8.2f} "
             f"{lat['p90']:>8.2f} {lat['p99']:>8.2f} {r['non_2xx']:>8} "
-            f"{sum(r['socket_errors'].values()):>8} {r['rss_mib_after']:>8.1f}"
+            f"{sum(r['socket_errors'].values()):>8} {r['rss_mib_after']:>8.1f} "
+            f"{r['processes']:>5}"
         )
     print()
 
@@ -237,7 +252,7 @@ def main() -> int:
             "rps": ratio(metric("ours", "rps"), metric(peer, "rps")),
             "p99": ratio(metric("ours", "p99"), metric(peer, "p99")),
         }
-        for peer in ("litserve", "fastapi")
+        for peer in ("litserve", "fastapi", "floor")
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
@@ -248,6 +263,7 @@ def main() -> int:
     print(f"ours/fastapi req/s ratio: {fmt(fa['rps'])}, p99 ratio: {fmt(fa['p99'])}")
     ls_ = ratios["ours/litserve"]
     print(f"ours/litserve req/s ratio: {fmt(ls_['rps'])}, p99 ratio: {fmt(ls_['p99'])}")
+    print(f"ours/floor req/s share: {fmt(ratios['ours/floor']['rps'])}")
     return 1 if any("error" in r for r in results.values()) else 0
 
 

@@ -222,6 +222,20 @@ def rss_mib(pgid: int) -> float:
     return total_kib / 1024
 
 
+def threads_per_process(pgid: int) -> list[int]:
+    """OS threads of each live process in the group (what a server really runs on)."""
+    counts = []
+    for pid in group_pids(pgid):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("Threads:"):
+                    counts.append(int(line.split()[1]))
+                    break
+        except OSError:
+            continue
+    return sorted(counts, reverse=True)
+
+
 # --- inputs and keys ---------------------------------------------------------------------------
 
 

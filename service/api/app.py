@@ -51,6 +51,9 @@ def create_app(
             "the tier."
         ),
         lifespan=lifespan,
+        # FastAPI's native OpenTelemetry hook looks up the global providers (environment
+        # reads) on every request even when none is configured; the service has Prometheus.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.aim = state
     install_error_handlers(app)

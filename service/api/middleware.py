@@ -3,10 +3,11 @@ limit, and one metrics observation plus one structured log line per request."""
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,11 +21,28 @@ _RID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _UNMATCHED = "unmatched"
 
 
+def _request_ids() -> itertools.count[int]:
+    return itertools.count(int.from_bytes(os.urandom(6), "big") << 20)
+
+
+class RequestIds:
+    """Unique request ids without a uuid4 per request (2% of the event loop under load): a
+    random 48-bit prefix per process, then a counter. Ids only correlate logs and answers;
+    they are not secrets."""
+
+    def __init__(self) -> None:
+        self._next = _request_ids().__next__
+
+    def __call__(self) -> str:
+        return f"{self._next():016x}"
+
+
 class ServiceMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body_bytes
+        self.new_id = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -33,7 +51,7 @@ class ServiceMiddleware:
         started = time.perf_counter()
         headers = dict(scope["headers"])
         supplied = headers.get(b"x-request-id", b"").decode("latin-1")
-        rid = supplied if _RID.fullmatch(supplied) else uuid.uuid4().hex
+        rid = supplied if supplied and _RID.fullmatch(supplied) else self.new_id()
         token = request_id_var.set(rid)
         # 499 (client closed request, as nginx logs it) unless a response was started: a client
         # that leaves before the answer is not a server error.
