@@ -1,12 +1,26 @@
 """The `aim` command: serve, keys, calibrate, eval. It parses flags and wires; logic lives in
-the modules it calls."""
+the modules it calls.
+
+Each subcommand is a `_add_<name>(sub)` function that builds its parser and sets `handler`, so a
+new subcommand is one more function and one line in `build_parser`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import types
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from pydantic import SecretStr, ValidationError
+
+from . import __version__
+from .settings import Settings
+
+Handler = Callable[[argparse.Namespace], int]
 
 # A held-out-style "0" (8×8, values 0..16) for the example request printed by `serve --demo`.
 EXAMPLE_DIGIT = [
@@ -19,6 +33,7 @@ EXAMPLE_DIGIT = [
     [0, 2, 14, 5, 10, 12, 0, 0],
     [0, 0, 6, 13, 10, 0, 0, 0],
 ]
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 def _floats(text: str) -> list[float]:
@@ -33,57 +48,164 @@ def _floats(text: str) -> list[float]:
     return values
 
 
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def env_only(field: str) -> bool:
+    """Secrets are never flags: a command line is visible to every user of the machine (`ps`)."""
+    return _unwrap(Settings.model_fields[field].annotation) is SecretStr
+
+
+def _unwrap(annotation: Any) -> Any:
+    """`X | None` → X; anything else unchanged."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per `Settings` field (`max_batch_size` → `--max-batch-size`), help from its
+    docstring. Unset flags stay None, so the environment (`AIM_<NAME>`) and defaults apply."""
+    for name, field in Settings.model_fields.items():
+        if env_only(name):
+            continue
+        kind = _unwrap(field.annotation)
+        default = "" if field.default is None else f"; default: {field.default}"
+        help_text = f"{field.description or name} (env AIM_{name.upper()}{default})"
+        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
+        if kind is bool:
+            kwargs.update(action="store_const", const=True)
+        elif typing.get_origin(kind) is typing.Literal:
+            kwargs.update(choices=list(typing.get_args(kind)))
+        elif name == "log_level":
+            kwargs.update(type=str.upper, choices=LOG_LEVELS)
+        elif kind is Path:
+            kwargs.update(type=Path, metavar="DIR" if name.endswith("_dir") else "FILE")
+        elif kind in (int, float):
+            kwargs.update(type=kind, metavar=name.split("_")[-1].upper())
+        else:  # strings, and anything richer: pydantic validates the text
+            kwargs.update(metavar=name.split("_")[-1].upper())
+        parser.add_argument(flag_name(name), **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="aim", description="AIM serving: one model, several tiers."
+        prog="aim", description="AIM serving: one model, several utility tiers."
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    serve = sub.add_parser("serve", help="serve a model over HTTP")
-    serve.add_argument("--config", type=Path, help="YAML config (model and tiers)")
-    serve.add_argument("--keys-file", type=Path, help="YAML keys file (hashes only)")
-    serve.add_argument("--host", default=None)
-    serve.add_argument("--port", type=int, default=None)
-    serve.add_argument("--device", choices=["cpu", "cuda", "auto"], default=None)
-    serve.add_argument(
-        "--demo", action="store_true", help="ephemeral keys (printed once) and secret"
+    parser.add_argument(
+        "--version", action="version", version=f"aim {__version__}", help="print the version"
     )
-    serve.add_argument("--workers-threads", type=int, default=None, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(sub)
+    _add_keys(sub)
+    _add_calibrate(sub)
+    _add_eval(sub)
+    return parser
 
+
+def _add_serve(sub: Any) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model over HTTP",
+        description="Serve a model over HTTP. Every setting is a flag or an AIM_<NAME> "
+        "environment variable (the flag wins). The server secret is read from --secret-file "
+        "(AIM_SECRET_FILE), or from AIM_SECRET, which has no flag: a command line is visible "
+        "to every user of the machine.",
+    )
+    _add_settings_flags(serve)
+    serve.set_defaults(handler=_serve)
+
+
+def _add_keys(sub: Any) -> None:
     keys = sub.add_parser("keys", help="manage API keys")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     create = keys_sub.add_parser("create", help="add a key; prints the key alone on the last line")
-    create.add_argument("--keys-file", type=Path, required=True)
-    create.add_argument("--tier", required=True)
-    create.add_argument("--id", dest="key_id")
+    create.add_argument("--keys-file", type=Path, required=True, help="YAML keys file to append to")
+    create.add_argument("--tier", required=True, help="tier of the new key")
+    create.add_argument("--id", dest="key_id", help="key id (default: generated)")
     create.add_argument("--config", type=Path, help="check the tier against this config's tiers")
+    create.set_defaults(handler=_keys_create)
 
+
+def _add_calibrate(sub: Any) -> None:
     cal = sub.add_parser("calibrate", help="find σ for target agreements")
     cal.add_argument("--model", required=True, help="a shipped model name or a config/model path")
-    cal.add_argument("--targets", type=_floats, required=True, help="e.g. 0.9,0.75,0.5")
+    cal.add_argument(
+        "--targets", type=_floats, required=True, help="target agreements, e.g. 0.9,0.75,0.5"
+    )
     cal.add_argument("--inputs", type=Path, help="unlabeled calibration inputs (.npy or .pt)")
     cal.add_argument("--out", type=Path, help="write the results as JSON")
+    cal.set_defaults(handler=_lazy("calibrate_command"))
 
+
+def _add_eval(sub: Any) -> None:
     ev = sub.add_parser("eval", help="measure modulation on held-out data")
-    ev_sub = ev.add_subparsers(dest="eval_command", required=True)
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="KIND")
+    model_help = "a shipped model name or a config/model path"
     util = ev_sub.add_parser("utility", help="accuracy and agreement against σ")
-    util.add_argument("--model", required=True)
-    util.add_argument("--sigmas", type=_floats, required=True)
-    util.add_argument("--out", type=Path, default=Path("out/utility"))
-    util.add_argument("--noise", choices=["keyed", "fresh"], default="keyed")
+    util.add_argument("--model", required=True, help=model_help)
+    util.add_argument("--sigmas", type=_floats, required=True, help="σ values, e.g. 0,2,4,8,16")
+    util.add_argument(
+        "--out", type=Path, default=Path("out/utility"), help="output folder (default: out/utility)"
+    )
+    util.add_argument(
+        "--noise",
+        choices=["keyed", "fresh"],
+        default="keyed",
+        help="noise as served (keyed) or a fresh draw per call (default: keyed)",
+    )
     util.add_argument(
         "--keys",
         type=int,
         default=100,
-        help="evaluation keys averaged (keyed noise: one draw each)",
+        help="evaluation keys averaged (keyed noise: one draw each; default: 100)",
     )
+    util.set_defaults(handler=_lazy("eval_utility_command"))
     foc = ev_sub.add_parser("focus", help="class share and accuracy against focus strength")
-    foc.add_argument("--model", required=True)
-    foc.add_argument("--class", dest="cls", required=True, help="label or index")
-    foc.add_argument("--direction", choices=["up", "down"], required=True)
-    foc.add_argument("--strengths", type=_floats, required=True)
-    foc.add_argument("--out", type=Path, default=Path("out/focus"))
-    return parser
+    foc.add_argument("--model", required=True, help=model_help)
+    foc.add_argument(
+        "--class", dest="cls", required=True, help="label or index (a token for generation)"
+    )
+    foc.add_argument("--direction", choices=["up", "down"], required=True, help="shift up or down")
+    foc.add_argument(
+        "--strengths", type=_floats, required=True, help="focus strengths λ, e.g. 0,1,2,4,8"
+    )
+    foc.add_argument(
+        "--out", type=Path, default=Path("out/focus"), help="output folder (default: out/focus)"
+    )
+    foc.set_defaults(handler=_lazy("eval_focus_command"))
+
+
+def _lazy(name: str) -> Handler:
+    """A handler in `evaluation`, imported only when run: `aim --help` needs no torch."""
+
+    def run(args: argparse.Namespace) -> int:
+        from . import evaluation
+
+        result: int = getattr(evaluation, name)(args)
+        return result
+
+    return run
+
+
+def _settings(args: argparse.Namespace) -> Settings | None:
+    """Settings from the flags given (others from the environment); None after saying why."""
+    overrides = {
+        name: getattr(args, name)
+        for name in Settings.model_fields
+        if getattr(args, name, None) is not None
+    }
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else "settings"
+            where = flag_name(name) if name in overrides else f"AIM_{name.upper()}"
+            print(f"aim serve: {where} {err.get('input')!r}: {err['msg']}", file=sys.stderr)
+        return None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -93,22 +215,10 @@ def _serve(args: argparse.Namespace) -> int:
     from .config import ConfigError, ServiceConfig
     from .keys import KeyRecord, KeysFileError, KeyStore, generate_key, hash_key
     from .logs import configure_logging
-    from .settings import Settings
 
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "config": args.config,
-            "keys_file": args.keys_file,
-            "host": args.host,
-            "port": args.port,
-            "device": args.device,
-        }.items()
-        if v is not None
-    }
-    if args.demo:
-        overrides["demo"] = True
-    settings = Settings(**overrides)
+    settings = _settings(args)
+    if settings is None:
+        return 2
     try:
         config = ServiceConfig.load(settings.config) if settings.config else ServiceConfig()
     except ConfigError as exc:
@@ -142,7 +252,8 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if secret is None and not settings.demo:
         print(
-            "aim serve: no server secret: set AIM_SECRET_FILE (a file) or AIM_SECRET",
+            "aim serve: no server secret: give --secret-file FILE (or AIM_SECRET_FILE), "
+            "or set AIM_SECRET",
             file=sys.stderr,
         )
         return 2
@@ -171,7 +282,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keys(args: argparse.Namespace) -> int:
+def _keys_create(args: argparse.Namespace) -> int:
     from .config import ConfigError, ServiceConfig
     from .keys import KeysFileError, create_key
 
@@ -197,17 +308,8 @@ def _keys(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        return _serve(args)
-    if args.command == "keys":
-        return _keys(args)
-    from . import evaluation
-
-    if args.command == "calibrate":
-        return evaluation.calibrate_command(args)
-    if args.eval_command == "utility":
-        return evaluation.eval_utility_command(args)
-    return evaluation.eval_focus_command(args)
+    handler: Handler = args.handler
+    return handler(args)
 
 
 if __name__ == "__main__":

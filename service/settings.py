@@ -16,11 +16,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Server settings. Every field can be set as `AIM_<NAME>` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="AIM_", extra="ignore")
+    # Docstrings become field descriptions: `aim serve --help` shows them.
+    model_config = SettingsConfigDict(
+        env_prefix="AIM_", extra="ignore", use_attribute_docstrings=True
+    )
 
     host: str = "127.0.0.1"
+    """Address to listen on."""
     port: int = Field(8000, ge=0, le=65535)
+    """Port to listen on."""
     device: Literal["cpu", "cuda", "auto"] = "auto"
+    """Where the model runs; `auto` takes CUDA when present."""
     config: Path | None = None
     """YAML service config (model and tiers); None serves the embedded `digits` model."""
     keys_file: Path | None = None
@@ -28,6 +34,7 @@ class Settings(BaseSettings):
     secret: SecretStr | None = None
     """Server secret that keys the noise. Prefer `secret_file`; required unless `demo`."""
     secret_file: Path | None = None
+    """File holding the server secret (preferred over `secret`)."""
     demo: bool = False
     """Ephemeral keys (one per tier, printed once) and an ephemeral secret."""
 
@@ -44,12 +51,14 @@ class Settings(BaseSettings):
     max_items: int = Field(64, ge=1)
     """Most inputs in one request, for every tier (a tier may set a lower `max_items`)."""
     max_focus_entries: int = Field(16, ge=0)
+    """Most focus entries in one request."""
     cache_dir: Path = Path.home() / ".cache" / "aim"
     """Where tier calibrations are cached (keyed by a hash of model and calibration inputs)."""
     torch_threads: int | None = Field(None, ge=1, le=256)
     """Intra-op threads of the forward pass on CPU. Default: half the cores (at least 1), so
     the other half serves HTTP; small models batch better than they parallelise."""
     log_level: str = "INFO"
+    """Level of the JSON logs on stderr."""
 
     @field_validator("log_level")
     @classmethod
