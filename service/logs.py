@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from contextvars import ContextVar
@@ -15,6 +16,10 @@ request_id_var: ContextVar[str | None] = ContextVar("aim_request_id", default=No
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 # Defence in depth: fields with these names are never written, whoever passes them.
 _REDACT = {"api_key", "key", "authorization", "x-api-key", "sha256", "secret", "inputs"}
+# uvicorn attaches a terminal-coloured copy of its messages (`color_message`) for its own
+# formatter; JSON lines are read by machines, so it is dropped and stray escapes are stripped.
+_TERMINAL_ONLY = {"color_message"}
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,14 +28,15 @@ class JsonFormatter(logging.Formatter):
             "ts": round(time.time(), 3),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _ANSI.sub("", record.getMessage()),
         }
         rid = request_id_var.get()
         if rid is not None:
             entry["request_id"] = rid
         for name, value in vars(record).items():
-            if name not in _STANDARD and name.lower() not in _REDACT:
-                entry[name] = value
+            if name in _STANDARD or name in _TERMINAL_ONLY or name.lower() in _REDACT:
+                continue
+            entry[name] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
