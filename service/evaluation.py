@@ -17,13 +17,13 @@ import argparse
 import csv
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
+from . import plots
 from .modulation import (
     BatchModulation,
     FocusEntry,
@@ -35,6 +35,7 @@ from .modulation import (
     modulate,
     sigma_for_agreement,
 )
+from .progress import progress
 
 EVAL_SECRET = b"aim-eval-secret"  # evaluation only: fixed so figures are reproducible
 BATCH = 256
@@ -80,16 +81,17 @@ def calibrate_command(args: argparse.Namespace) -> int:
         logits = forward_all(adapter, inputs)
     results = []
     print(f"{'target':>8} {'sigma':>10} {'predicted_agreement':>20}")
-    for target in tqdm(args.targets, desc="calibrating", file=sys.stderr):
+    for target in progress(args.targets, "calibrating"):
         sigma = sigma_for_agreement(logits, target)
         predicted = expected_agreement(logits, sigma)
         results.append(
             {"target": target, "sigma": round(sigma, 6), "predicted_agreement": round(predicted, 6)}
         )
-        tqdm.write(f"{target:>8.4f} {sigma:>10.4f} {predicted:>20.4f}", file=sys.stdout)
+        print(f"{target:>8.4f} {sigma:>10.4f} {predicted:>20.4f}", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -147,7 +149,7 @@ def eval_utility_command(args: argparse.Namespace) -> int:
     source = _source(args.noise)
     keys = args.keys if args.noise == "keyed" else max(1, args.keys // 10)
     rows = []
-    for sigma in tqdm(args.sigmas, desc="sigmas", file=sys.stderr):
+    for sigma in progress(args.sigmas, "sigmas"):
         accuracy, agreement = measure_utility(logits, labels, sigma, source, keys)
         predicted = expected_agreement(logits, sigma)
         rows.append(
@@ -158,10 +160,7 @@ def eval_utility_command(args: argparse.Namespace) -> int:
                 "predicted_agreement": round(predicted, 5),
             }
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    _write_csv(args.out / "utility.csv", rows)
-    _plot_utility(args.out / "utility.png", rows, args.model)
-    _print_rows(rows)
+    _write_outputs(args.out, "utility", rows, lambda path: plots.utility(path, rows, args.model))
     return 0
 
 
@@ -194,7 +193,7 @@ def eval_focus_command(args: argparse.Namespace) -> int:
     n = logits.shape[0]
     spatial = tuple(logits.shape[2:]) if logits.dim() == 4 else None
     rows = []
-    for strength in tqdm(args.strengths, desc="strengths", file=sys.stderr):
+    for strength in progress(args.strengths, "strengths"):
         entry = FocusEntry.parse(index, args.direction, strength)
         share = acc = 0.0
         total = 0
@@ -214,10 +213,12 @@ def eval_focus_command(args: argparse.Namespace) -> int:
                 "accuracy": round(acc / total, 5),
             }
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    _write_csv(args.out / "focus.csv", rows)
-    _plot_focus(args.out / "focus.png", rows, args.model, label, args.direction)
-    _print_rows(rows)
+    _write_outputs(
+        args.out,
+        "focus",
+        rows,
+        lambda path: plots.focus(path, rows, args.model, label, args.direction),
+    )
     return 0
 
 
@@ -259,7 +260,7 @@ def _eval_generation_utility(args: argparse.Namespace, lm: Any) -> int:
     # The prediction on each step's shortlist of top logits, long enough for the largest σ.
     short = shortlist_logits(logits, max(args.sigmas))
     rows = []
-    for sigma in tqdm(args.sigmas, desc="sigmas", file=sys.stderr):
+    for sigma in progress(args.sigmas, "sigmas"):
         accuracy, agreement = measure_utility(logits, labels, sigma, source, draws)
         rows.append(
             {
@@ -272,10 +273,7 @@ def _eval_generation_utility(args: argparse.Namespace, lm: Any) -> int:
                 "noise": args.noise,  # keyed: one draw per evaluation key
             }
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    _write_csv(args.out / "utility.csv", rows)
-    _plot_utility(args.out / "utility.png", rows, lm.name)
-    _print_rows(rows)
+    _write_outputs(args.out, "utility", rows, lambda path: plots.utility(path, rows, lm.name))
     return 0
 
 
@@ -290,6 +288,17 @@ def _focus_token(lm: Any, token: str) -> int | None:
         return None
 
 
+def _write_outputs(
+    out: Path, name: str, rows: list[dict[str, Any]], plot: Callable[[Path], None]
+) -> None:
+    """`out/name.csv` and `out/name.png`; the table on stdout, then where the files are."""
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(out / f"{name}.csv", rows)
+    plot(out / f"{name}.png")
+    _print_rows(rows)
+    print(f"wrote {out / name}.csv and {out / name}.png")
+
+
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -302,49 +311,3 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
     print(" ".join(f"{c:>20}" for c in cols))
     for r in rows:
         print(" ".join(f"{r[c]:>20}" for c in cols))
-
-
-def _plot_utility(path: Path, rows: list[dict[str, Any]], model: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sig = [r["sigma"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(sig, [r["accuracy"] for r in rows], "o-", label="accuracy (measured)")
-    ax.plot(sig, [r["agreement"] for r in rows], "s-", label="agreement (measured)")
-    ax.plot(sig, [r["predicted_agreement"] for r in rows], "k--", label="agreement (predicted)")
-    ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_xlabel("σ")
-    ax.set_ylabel("share of decisions")
-    ax.set_ylim(0, 1.02)
-    ax.set_title(f"Utility modulation: {model}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _plot_focus(
-    path: Path, rows: list[dict[str, Any]], model: str, label: str, direction: str
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lam = [r["strength"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(lam, [r["class_share"] for r in rows], "o-", label=f"share labelled {label!r}")
-    ax.plot(lam, [r["accuracy"] for r in rows], "s-", label="accuracy")
-    ax.set_xlabel("focus strength λ")
-    ax.set_ylabel("share")
-    ax.set_ylim(0, 1.02)
-    ax.set_title(f"Focus {direction} on {label!r}: {model}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
