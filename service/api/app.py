@@ -12,6 +12,7 @@ from .. import __version__
 from ..config import ServiceConfig
 from ..keys import KeyStore
 from ..settings import Settings
+from .docs import install_docs
 from .errors import install_error_handlers
 from .middleware import ServiceMiddleware
 from .routes import info, predict, v2
@@ -54,6 +55,8 @@ def create_app(
         # FastAPI's native OpenTelemetry hook looks up the global providers (environment
         # reads) on every request even when none is configured; the service has Prometheus.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        docs_url=None,  # install_docs serves /docs from local files
+        redoc_url=None,
     )
     app.state.aim = state
     install_error_handlers(app)
@@ -63,4 +66,5 @@ def create_app(
     app.include_router(predict.router)
     app.include_router(info.router)
     app.include_router(v2.router)
+    install_docs(app)
     return app
