@@ -59,7 +59,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.aim = state
-    install_error_handlers(app)
+    install_error_handlers(app, {"/v2": v2.error_shape})
     app.add_middleware(
         ServiceMiddleware, metrics=state.metrics, max_body_bytes=settings.max_body_bytes
     )

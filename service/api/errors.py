@@ -1,12 +1,15 @@
 """Domain errors become JSON answers here, at the edge: `{"error": {code, message, field?}}`.
 
-A 500 never carries internals: the client gets the request id, the log gets the traceback.
+A protocol with an error shape of its own (OIP v2's string, OpenAI's object) registers an
+:data:`ErrorShape` for its path prefix, so every error under it, a 404 of an unknown path
+included, answers in that shape. A 500 never carries internals: the client gets the request id,
+the log gets the traceback.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -20,6 +23,9 @@ from ..errors import InvalidInput, ServiceError
 from ..logs import request_id_var
 
 log = logging.getLogger(__name__)
+
+ErrorShape = Callable[[int, str, str, str | None], tuple[int, bytes]]
+"""(status, code, message, field) -> (status, body): a protocol's own error answer."""
 
 
 def error_body(code: str, message: str, field: str | None = None) -> bytes:
@@ -70,10 +76,30 @@ def invalid_input(errors: list[Any]) -> InvalidInput:
     return InvalidInput(f"`{field}`: {first.get('msg', 'invalid value')}{got}{more}", field)
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, shapes: Mapping[str, ErrorShape] | None = None) -> None:
+    """Answer every error as JSON; under a prefix of ``shapes``, in that protocol's shape."""
+    by_prefix = sorted((shapes or {}).items(), key=lambda item: -len(item[0]))
+
+    def respond(
+        request: Request,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Response:
+        path = request.url.path
+        for prefix, shape in by_prefix:
+            if path == prefix or path.startswith(prefix + "/"):
+                status, body = shape(status, code, message, field)
+                return Response(
+                    body, status_code=status, media_type="application/json", headers=headers
+                )
+        return error_response(status, code, message, field, headers)
+
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> Response:
-        return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
+        return respond(request, exc.status, exc.code, exc.message, exc.field, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(request: Request, exc: RequestValidationError) -> Response:
@@ -86,10 +112,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        return respond(request, exc.status_code, code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.error("unhandled error", exc_info=(type(exc), exc, exc.__traceback__))
         rid = request_id_var.get() or "unknown"
-        return error_response(500, "internal_error", f"internal error (request id {rid})")
+        return respond(request, 500, "internal_error", f"internal error (request id {rid})")

@@ -1,74 +1,58 @@
-"""Open Inference Protocol v2 (KServe): health, model metadata and infer.
+"""Open Inference Protocol v2 (KServe, Triton): health, metadata and infer, JSON or binary.
 
-Tier and focus travel as request `parameters`; the key in the same headers as `/predict`.
-Outputs are labels, indices, scores of the modulated logits, or masks; never logits.
+Tier and focus travel as request `parameters` (or the `X-AIM-Tier` header); the key in the same
+headers as `/predict`. Outputs are labels, indices, scores of the modulated logits, or masks;
+never logits. Every route also answers under `/versions/1`, the one version served. Errors are
+`{"error": "message"}`, a string as the protocol has it (see :func:`error_shape`).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
+import orjson
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from ... import __version__
 from ...batching import submit_until_disconnect
 from ...errors import InvalidInput, ServiceError
-from ..body import json_response, read_model, request_body
+from ..body import json_response, request_body
 from ..deps import TIER_HEADER, State, authenticate, charge, resolve_caller
 from ..parsing import build_item
-from ..schemas import ERROR_RESPONSES, NESTED_NUMBERS, FocusItem
+from ..schemas import ERROR_RESPONSES
+from ..state import AppState
+from .v2_codec import (
+    HEADER_LENGTH,
+    InferParameters,
+    InferRequest,
+    OutputTensor,
+    decompress,
+    encode_response,
+    parse_infer,
+    select_outputs,
+)
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+VERSION = "1"
+_UNKNOWN: dict[int | str, dict[str, Any]] = {404: {"description": "Unknown model or version"}}
 
 
 class NotFound(ServiceError):
-    """No model of that name is served here."""
+    """No model (or version) of that name is served here."""
 
     status = 404
     code = "not_found"
 
 
-class InferTensor(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(max_length=256)
-    shape: list[int] = Field(min_length=1, max_length=8)
-    datatype: Literal["FP32", "FP64", "FP16", "INT8", "INT16", "INT32", "INT64", "UINT8"]
-    data: list[Any] = Field(json_schema_extra={"items": NESTED_NUMBERS})
-    parameters: dict[str, str | int | float | bool] | None = None
-
-
-class InferParameters(BaseModel):
-    # OIP clients may send parameters of their own; ignore them rather than fail.
-    model_config = ConfigDict(extra="ignore")
-
-    tier: str | None = None
-    focus: list[FocusItem] = Field(default_factory=list)
-    top_k: int | None = Field(None, ge=1, le=1000)
-
-
-class RequestedOutput(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    name: str = Field(max_length=256)
-
-
-class InferRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: str | None = Field(None, max_length=256)
-    inputs: list[InferTensor] = Field(min_length=1, max_length=1)
-    outputs: list[RequestedOutput] | None = None
-    parameters: InferParameters | None = None
+def error_shape(status: int, code: str, message: str, field: str | None) -> tuple[int, bytes]:
+    """OIP errors: `{"error": "<message>"}` (the message names the field), status unchanged."""
+    return status, orjson.dumps({"error": message})
 
 
 @router.get("")
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "aim-serving", "version": __version__, "extensions": []}
+    return {"name": "aim-serving", "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
 @router.get("/health/live")
@@ -82,131 +66,179 @@ async def ready(state: State) -> Response:
     return json_response({"ready": ok}, status=200 if ok else 503)
 
 
-def _check_name(state: Any, name: str) -> None:
+def _check(state: AppState, name: str, version: str | None) -> None:
     if name != state.name:
         raise NotFound(
             f"model {name!r} is not served here; this server serves {state.name!r}", "name"
         )
+    if version is not None and version != VERSION:
+        raise NotFound(
+            f"model {name!r} has no version {version!r}; the one version is {VERSION!r}",
+            "version",
+        )
 
 
-@router.get("/models/{name}", responses={404: {"description": "Unknown model"}})
-async def model_metadata(name: str, state: State) -> Response:
-    _check_name(state, name)
+def _vision_model(state: AppState) -> Any:
     model, _ = state.require_ready()
     if model.task == "generation":
-        raise InvalidInput("generation models are served by POST /predict", "name")
-    adapter = model.adapter
-    shape = list(adapter.input_spec.shape)
-    outputs = (
-        [
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
-            {"name": "index", "datatype": "INT64", "shape": [-1]},
-            {"name": "score", "datatype": "FP32", "shape": [-1]},
-        ]
-        if model.task == "classification"
-        else [{"name": "mask", "datatype": "INT64", "shape": [-1, *shape[-2:]]}]
-    )
+        raise InvalidInput(
+            "generation models are served by POST /predict and the OpenAI API under /v1", "name"
+        )
+    return model
+
+
+def _metadata(state: AppState, name: str, version: str | None) -> Response:
+    _check(state, name, version)
+    model = _vision_model(state)
+    shape = list(model.adapter.input_spec.shape)
     return json_response(
         {
             "name": state.name,
-            "versions": ["1"],
+            "versions": [VERSION],
             "platform": "pytorch",
             "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *shape]}],
-            "outputs": outputs,
+            "outputs": [
+                {"name": o.name, "datatype": o.datatype, "shape": o.shape}
+                for o in _outputs(model.task, [], shape)
+            ],
         }
     )
 
 
-@router.get("/models/{name}/ready", responses={404: {"description": "Unknown model"}})
-async def model_ready(name: str, state: State) -> Response:
-    _check_name(state, name)
+@router.get("/models/{name}", responses=_UNKNOWN)
+async def model_metadata(name: str, state: State) -> Response:
+    return _metadata(state, name, None)
+
+
+@router.get("/models/{name}/versions/{version}", responses=_UNKNOWN)
+async def version_metadata(name: str, version: str, state: State) -> Response:
+    return _metadata(state, name, version)
+
+
+def _ready(state: AppState, name: str, version: str | None) -> Response:
+    _check(state, name, version)
     ok = state.serving
     return json_response({"name": name, "ready": ok}, status=200 if ok else 503)
 
 
-def _split_items(tensor: InferTensor) -> list[Any]:
-    """OIP data may be flat (row-major) or nested; return one array per item of the batch."""
-    shape = tensor.shape
-    if any(d < 1 for d in shape) or math.prod(shape) > 50_000_000:
-        raise InvalidInput(
-            f"`inputs[0].shape`: {shape} is not a valid batch shape", "inputs[0].shape"
-        )
-    try:
-        arr = np.asarray(tensor.data, dtype=np.float64)
-    except (ValueError, TypeError, OverflowError):
-        raise InvalidInput("`inputs[0].data`: has to be numbers", "inputs[0].data") from None
-    if arr.size != math.prod(shape):
-        raise InvalidInput(
-            f"`inputs[0].data`: holds {arr.size} values, shape {shape} needs {math.prod(shape)}",
-            "inputs[0].data",
-        )
-    return list(arr.reshape(shape))
+@router.get("/models/{name}/ready", responses=_UNKNOWN)
+async def model_ready(name: str, state: State) -> Response:
+    return _ready(state, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready", responses=_UNKNOWN)
+async def version_ready(name: str, version: str, state: State) -> Response:
+    return _ready(state, name, version)
+
+
+_INFER_RESPONSES = {**ERROR_RESPONSES, **_UNKNOWN}
+_INFER_BODY = request_body(InferRequest)
+_INFER_SUMMARY = "Infer at the caller's tier (JSON, or binary tensors after a JSON header)"
 
 
 @router.post(
     "/models/{name}/infer",
-    responses={**ERROR_RESPONSES, 404: {"description": "Unknown model"}},
-    openapi_extra=request_body(InferRequest),
+    responses=_INFER_RESPONSES,
+    openapi_extra=_INFER_BODY,
+    summary=_INFER_SUMMARY,
 )
 async def infer(name: str, request: Request, state: State) -> Response:
-    _check_name(state, name)
+    return await _infer(state, request, name, None)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    responses=_INFER_RESPONSES,
+    openapi_extra=_INFER_BODY,
+    summary=_INFER_SUMMARY,
+)
+async def version_infer(name: str, version: str, request: Request, state: State) -> Response:
+    return await _infer(state, request, name, version)
+
+
+async def _infer(state: AppState, request: Request, name: str, version: str | None) -> Response:
+    _check(state, name, version)
     record = authenticate(request, state)
-    model, tiers = state.require_ready()
-    if model.task == "generation":
-        raise InvalidInput("generation models are served by POST /predict", "name")
+    model = _vision_model(state)
+    _, tiers = state.require_ready()
     assert state.batcher is not None
     state.batcher.check_capacity()
-    body = await read_model(request, InferRequest)
-    params = body.parameters or InferParameters(tier=None, top_k=None)
+    raw = decompress(
+        await request.body(),
+        request.headers.get("content-encoding"),
+        state.settings.max_body_bytes,
+    )
+    parsed = parse_infer(raw, request.headers.get(HEADER_LENGTH))
+    body = parsed.body
+    _check_body_names(body, name, version)
+    params = body.parameters or InferParameters.model_validate({})
     caller = resolve_caller(request, record, tiers, params.tier or request.headers.get(TIER_HEADER))
     charge(caller)
-    items = _split_items(body.inputs[0])
     seed = state.keyed.row_seed(caller.key.id, caller.tier.name)
     try:
         item = await build_item(
-            items, params.focus, params.top_k, caller, model.adapter, state.settings, seed
+            parsed.items, params.focus, params.top_k, caller, model.adapter, state.settings, seed
         )
     except InvalidInput as exc:
-        field = exc.field or ""
-        if field.startswith("inputs["):
-            field = "inputs[0].data" + field[field.index("]") + 1 :]
-        elif field in ("focus", "top_k") or field.startswith("focus["):
-            field = f"parameters.{field}"
-        raise InvalidInput(exc.message, field) from None
-    assert state.batcher is not None
+        raise _oip_field(exc) from None
     preds = await submit_until_disconnect(state.batcher, item, request.receive)
-    n = len(preds)
-    if model.task == "classification":
-        outputs = [
-            {
-                "name": "label",
-                "datatype": "BYTES",
-                "shape": [n],
-                "data": [p["label"] for p in preds],
-            },
-            {
-                "name": "index",
-                "datatype": "INT64",
-                "shape": [n],
-                "data": [p["index"] for p in preds],
-            },
-            {
-                "name": "score",
-                "datatype": "FP32",
-                "shape": [n],
-                "data": [p["score"] for p in preds],
-            },
-        ]
-    else:
-        h, w = len(preds[0]["mask"]), len(preds[0]["mask"][0])
-        flat = [v for p in preds for row in p["mask"] for v in row]
-        outputs = [{"name": "mask", "datatype": "INT64", "shape": [n, h, w], "data": flat}]
-    return json_response(
-        {
-            "model_name": state.name,
-            "model_version": "1",
-            "id": body.id,
-            "parameters": {"tier": caller.tier.name},
-            "outputs": outputs,
-        }
+    shape = list(model.adapter.input_spec.shape)
+    chosen = select_outputs(_outputs(model.task, preds, shape), body)
+    header: dict[str, Any] = {"model_name": state.name, "model_version": VERSION}
+    if body.id is not None:
+        header["id"] = body.id
+    header["parameters"] = {"tier": caller.tier.name}
+    content, json_length = encode_response(header, chosen)
+    if json_length is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(json_length)},
     )
+
+
+def _check_body_names(body: InferRequest, name: str, version: str | None) -> None:
+    if body.model_name is not None and body.model_name != name:
+        raise InvalidInput(
+            f"`model_name`: {body.model_name!r} differs from the model {name!r} of the URL",
+            "model_name",
+        )
+    if body.model_version not in (None, "", VERSION) or (
+        version is not None and body.model_version not in (None, "", version)
+    ):
+        raise InvalidInput(
+            f"`model_version`: {body.model_version!r} is not served; the one version is "
+            f"{VERSION!r}",
+            "model_version",
+        )
+
+
+def _oip_field(exc: InvalidInput) -> InvalidInput:
+    """`build_item` names /predict fields; say where they are in an OIP request instead."""
+    field = exc.field or ""
+    message = exc.message
+    if field.startswith("inputs["):
+        new = "inputs[0].data" + field[field.index("]") + 1 :]
+    elif field in ("focus", "top_k") or field.startswith("focus["):
+        new = f"parameters.{field}"
+    else:
+        return exc
+    return InvalidInput(message.replace(f"`{field}`", f"`{new}`", 1), new)
+
+
+def _outputs(task: str, preds: list[dict[str, Any]], shape: list[int]) -> list[OutputTensor]:
+    """The model's outputs for ``preds`` (none yet for metadata: shapes then say -1)."""
+    n = len(preds) if preds else -1
+    if task == "classification":
+        return [
+            OutputTensor("label", "BYTES", [n], [p["label"] for p in preds]),
+            OutputTensor("index", "INT64", [n], [p["index"] for p in preds]),
+            OutputTensor("score", "FP32", [n], [p["score"] for p in preds]),
+        ]
+    if preds:
+        h, w = len(preds[0]["mask"]), len(preds[0]["mask"][0])
+    else:
+        h, w = shape[-2:]
+    flat = [v for p in preds for row in p["mask"] for v in row]
+    return [OutputTensor("mask", "INT64", [n, h, w], flat)]
