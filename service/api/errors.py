@@ -80,26 +80,21 @@ def install_error_handlers(app: FastAPI, shapes: Mapping[str, ErrorShape] | None
     """Answer every error as JSON; under a prefix of ``shapes``, in that protocol's shape."""
     by_prefix = sorted((shapes or {}).items(), key=lambda item: -len(item[0]))
 
-    def respond(
-        request: Request,
-        status: int,
-        code: str,
-        message: str,
-        field: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> Response:
-        path = request.url.path
+    def respond(request: Request, exc: ServiceError) -> Response:
+        path, status = request.url.path, exc.status
         for prefix, shape in by_prefix:
             if path == prefix or path.startswith(prefix + "/"):
-                status, body = shape(status, code, message, field)
-                return Response(
-                    body, status_code=status, media_type="application/json", headers=headers
-                )
-        return error_response(status, code, message, field, headers)
+                status, body = shape(exc.status, exc.code, exc.message, exc.field)
+                break
+        else:
+            body = error_body(exc.code, exc.message, exc.field)
+        return Response(
+            body, status_code=status, media_type="application/json", headers=exc.headers
+        )
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> Response:
-        return respond(request, exc.status, exc.code, exc.message, exc.field, exc.headers)
+        return respond(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(request: Request, exc: RequestValidationError) -> Response:
@@ -112,10 +107,12 @@ def install_error_handlers(app: FastAPI, shapes: Mapping[str, ErrorShape] | None
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return respond(request, exc.status_code, code, str(exc.detail), headers=exc.headers)
+        error = ServiceError(str(exc.detail), headers=dict(exc.headers or {}))
+        error.status, error.code = exc.status_code, code
+        return respond(request, error)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.error("unhandled error", exc_info=(type(exc), exc, exc.__traceback__))
         rid = request_id_var.get() or "unknown"
-        return respond(request, 500, "internal_error", f"internal error (request id {rid})")
+        return respond(request, ServiceError(f"internal error (request id {rid})"))

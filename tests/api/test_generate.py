@@ -215,7 +215,7 @@ def test_model_info_describes_a_generation_model(
     assert info["task"] == "generation" and info["labels"] == []
     assert info["tiers"] == ["silver", "bronze", "trial"]
     r = client.get(f"/v2/models/{lm_dir.name}", headers={"X-API-Key": api_keys["gold"]})
-    assert r.status_code == 422 and r.json()["error"]["field"] == "name"
+    assert r.status_code == 422 and "/v1" in r.json()["error"]  # OIP errors are strings
 
 
 def test_utility_tier_is_calibrated_on_the_calibration_text(client: TestClient) -> None:

@@ -105,54 +105,36 @@ def _metadata(state: AppState, name: str, version: str | None) -> Response:
     )
 
 
-@router.get("/models/{name}", responses=_UNKNOWN)
-async def model_metadata(name: str, state: State) -> Response:
-    return _metadata(state, name, None)
+# Each route answers with and without `/versions/{version}`: one version is served.
 
 
 @router.get("/models/{name}/versions/{version}", responses=_UNKNOWN)
-async def version_metadata(name: str, version: str, state: State) -> Response:
+@router.get("/models/{name}", responses=_UNKNOWN)
+async def model_metadata(name: str, state: State, version: str | None = None) -> Response:
     return _metadata(state, name, version)
 
 
-def _ready(state: AppState, name: str, version: str | None) -> Response:
+@router.get("/models/{name}/versions/{version}/ready", responses=_UNKNOWN)
+@router.get("/models/{name}/ready", responses=_UNKNOWN)
+async def model_ready(name: str, state: State, version: str | None = None) -> Response:
     _check(state, name, version)
     ok = state.serving
     return json_response({"name": name, "ready": ok}, status=200 if ok else 503)
 
 
-@router.get("/models/{name}/ready", responses=_UNKNOWN)
-async def model_ready(name: str, state: State) -> Response:
-    return _ready(state, name, None)
-
-
-@router.get("/models/{name}/versions/{version}/ready", responses=_UNKNOWN)
-async def version_ready(name: str, version: str, state: State) -> Response:
-    return _ready(state, name, version)
-
-
-_INFER_RESPONSES = {**ERROR_RESPONSES, **_UNKNOWN}
-_INFER_BODY = request_body(InferRequest)
-_INFER_SUMMARY = "Infer at the caller's tier (JSON, or binary tensors after a JSON header)"
-
-
-@router.post(
-    "/models/{name}/infer",
-    responses=_INFER_RESPONSES,
-    openapi_extra=_INFER_BODY,
-    summary=_INFER_SUMMARY,
-)
-async def infer(name: str, request: Request, state: State) -> Response:
-    return await _infer(state, request, name, None)
-
-
 @router.post(
     "/models/{name}/versions/{version}/infer",
-    responses=_INFER_RESPONSES,
-    openapi_extra=_INFER_BODY,
-    summary=_INFER_SUMMARY,
+    responses={**ERROR_RESPONSES, **_UNKNOWN},
+    openapi_extra=request_body(InferRequest),
+    summary="Infer at the caller's tier (JSON, or binary tensors after a JSON header)",
 )
-async def version_infer(name: str, version: str, request: Request, state: State) -> Response:
+@router.post(
+    "/models/{name}/infer",
+    responses={**ERROR_RESPONSES, **_UNKNOWN},
+    openapi_extra=request_body(InferRequest),
+    summary="Infer at the caller's tier (JSON, or binary tensors after a JSON header)",
+)
+async def infer(name: str, request: Request, state: State, version: str | None = None) -> Response:
     return await _infer(state, request, name, version)
 
 
