@@ -111,7 +111,7 @@ def test_gzip_body_and_version_route(
     assert r.status_code == 200, r.text
     assert "id" not in r.json()  # none given, none echoed (never a null)
     wrong = client.post(
-        "/v2/models/digits/versions/7/infer", content=body, headers={"X-API-Key": "x"}
+        "/v2/models/digits/versions/7/infer", content=body, headers={"X-API-Key": api_keys["gold"]}
     )
     assert wrong.status_code == 404 and "version" in wrong.json()["error"]
     assert client.get("/v2/models/digits/versions/1").json()["versions"] == ["1"]

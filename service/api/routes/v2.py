@@ -139,8 +139,8 @@ async def infer(name: str, request: Request, state: State, version: str | None =
 
 
 async def _infer(state: AppState, request: Request, name: str, version: str | None) -> Response:
-    _check(state, name, version)
     record = authenticate(request, state)
+    _check(state, name, version)
     model = _vision_model(state)
     _, tiers = state.require_ready()
     assert state.batcher is not None
