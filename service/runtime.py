@@ -84,6 +84,12 @@ class Runtime:
             self.batcher = Batcher(self.engine.run, **queue)
             self.batcher.start()
 
+    def check_capacity(self) -> None:
+        """``Unavailable`` (503) at once when the vision queue is full, so a request is refused
+        before its body is read; the generation scheduler refuses when a request is submitted."""
+        if self.batcher is not None:
+            self.batcher.check_capacity()
+
     @property
     def alive(self) -> bool:
         """The worker that serves requests runs."""

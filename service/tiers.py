@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .config import TierConfig
-from .errors import Forbidden, InvalidInput
+from .errors import Forbidden, InvalidInput, PayloadTooLarge, RateLimited
 from .ratelimit import RateLimiter
 
 
@@ -73,3 +73,36 @@ def build_tiers(configs: Sequence[TierConfig], sigmas: Mapping[str, float]) -> T
             Tier(cfg.name, rank, sigmas[cfg.name], cfg.utility, limiter, cfg.focus, cfg.max_items)
         )
     return TierTable(tiers)
+
+
+def tier_policy(
+    tiers: TierTable,
+    key_tier: str,
+    account: str,
+    requested: str | None,
+    *,
+    items: int,
+    focus: bool,
+    max_items: int,
+) -> Tier:
+    """The tier policy, in one place: the tier to serve (the key's own, or a lower one it asked
+    for), then that tier's limits on one request: items per request (``max_items`` is the
+    server-wide cap), focus, and the rate limit, which takes one request from ``account``'s
+    bucket. Cheap refusals, so they come before any decoding work."""
+    tier = tiers.resolve(key_tier, requested)
+    limit = min(max_items, tier.max_items or max_items)
+    if items > limit:
+        raise PayloadTooLarge(
+            f"`inputs`: at most {limit} items per request for tier {tier.name!r}, got {items}",
+            "inputs",
+        )
+    if focus and not tier.focus:
+        raise Forbidden(f"tier {tier.name!r} does not include focus", "focus")
+    if tier.limiter is not None:
+        wait = tier.limiter.acquire(account)
+        if wait > 0:
+            raise RateLimited(
+                f"rate limit of tier {tier.name!r} exceeded; retry in {wait:.2f}s",
+                headers={"Retry-After": RateLimiter.retry_after_header(wait)},
+            )
+    return tier

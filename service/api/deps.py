@@ -1,16 +1,24 @@
-"""Request dependencies: the app state, the caller (key and tier) and its rate limit."""
+"""Request dependencies: the app state, and the caller (key, tier) that every route serves.
+
+Every inference route is parse → call → encode: the caller dependency authenticates (before any
+body is read), checks readiness, resolves the tier named in `X-AIM-Tier` and refuses at once
+when the queue is full; once the body is parsed, :meth:`Caller.admit` applies the tier policy
+(``tiers.tier_policy``: lowering, items, focus, rate limit).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from ..errors import RateLimited, Unauthorized
+from ..errors import Unauthorized
 from ..keys import KeyRecord
-from ..ratelimit import RateLimiter
-from ..tiers import Tier
+from ..modulation import KeyedNoise
+from ..runtime import Runtime
+from ..tiers import Tier, TierTable, tier_policy
 from .state import AppState
 
 TIER_HEADER = "x-aim-tier"
@@ -28,11 +36,38 @@ State = Annotated[AppState, Depends(get_state)]
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling (the key's record) and the tier this request is served at."""
+    """Who is calling (the key's record), the runtime that serves it and the tier it is served
+    at: the key's own or the one `X-AIM-Tier` asked for, until :meth:`admit` settles it."""
 
     key: KeyRecord
     tier: Tier
     allowed: list[str]
+    """The tiers this key may use: its own and every one below it."""
+    runtime: Runtime
+    tiers: TierTable = field(repr=False)
+    keyed: KeyedNoise = field(repr=False)
+    max_items: int = field(repr=False)
+    scope: MutableMapping[str, Any] = field(repr=False)
+
+    @property
+    def seed(self) -> int:
+        """The keyed-noise seed of this caller's (key, tier) pair."""
+        return self.keyed.row_seed(self.key.id, self.tier.name)
+
+    def admit(self, items: int, focus: bool, tier: str | None = None) -> Caller:
+        """The caller at the tier this request is served at, after the tier policy: ``tier``
+        (a tier the body names) lowers it; refusals are 403, 413, 422 or 429."""
+        served = tier_policy(
+            self.tiers,
+            self.key.tier,
+            self.key.id,
+            tier or self.tier.name,
+            items=items,
+            focus=focus,
+            max_items=self.max_items,
+        )
+        self.scope["aim.tier"] = served.name  # the metrics label of this request
+        return replace(self, tier=served)
 
 
 def presented_key(request: Request) -> str | None:
@@ -58,31 +93,34 @@ def authenticate(request: Request, state: AppState) -> KeyRecord:
     return record
 
 
-def get_caller(request: Request, state: State) -> Caller:
-    """Authenticate, then resolve the tier (the key's own, or a lower one it asks for)."""
-    record = authenticate(request, state)
-    _, tiers = state.require_ready()
-    requested = request.headers.get(TIER_HEADER)
-    return resolve_caller(request, record, tiers, requested)
+class CallerDependency:
+    """Authenticate, check readiness, resolve the `X-AIM-Tier` tier; for inference routes also
+    refuse at once (503) when the queue is full. All of it before the body is read."""
 
+    def __init__(self, inference: bool) -> None:
+        self.inference = inference
 
-def resolve_caller(request: Request, record: KeyRecord, tiers, requested: str | None) -> Caller:  # type: ignore[no-untyped-def]
-    tier = tiers.resolve(record.tier, requested.strip() if requested else None)
-    request.scope["aim.tier"] = tier.name
-    return Caller(record, tier, tiers.allowed_for(record.tier))
-
-
-def charge(caller: Caller) -> None:
-    """Take one request from the caller's token bucket for its tier; 429 when empty."""
-    limiter = caller.tier.limiter
-    if limiter is None:
-        return
-    wait = limiter.acquire(caller.key.id)
-    if wait > 0:
-        raise RateLimited(
-            f"rate limit of tier {caller.tier.name!r} exceeded; retry in {wait:.2f}s",
-            headers={"Retry-After": RateLimiter.retry_after_header(wait)},
+    async def __call__(self, request: Request, state: State) -> Caller:
+        record = authenticate(request, state)
+        runtime, tiers = state.require_ready()
+        requested = request.headers.get(TIER_HEADER)
+        tier = tiers.resolve(record.tier, requested.strip() if requested else None)
+        request.scope["aim.tier"] = tier.name
+        if self.inference:
+            runtime.check_capacity()
+        return Caller(
+            record,
+            tier,
+            tiers.allowed_for(record.tier),
+            runtime,
+            tiers,
+            state.keyed,
+            state.settings.max_items,
+            request.scope,
         )
 
 
-CurrentCaller = Annotated[Caller, Depends(get_caller)]
+CurrentCaller = Annotated[Caller, Depends(CallerDependency(inference=False))]
+"""The caller of a route that reads model facts (`GET /model`)."""
+InferenceCaller = Annotated[Caller, Depends(CallerDependency(inference=True))]
+"""The caller of an inference route."""

@@ -1,4 +1,4 @@
-"""Turn a validated request body into a work item: decode inputs, map focus, apply tier policy."""
+"""Turn a validated request body into a work item: tier policy, focus entries, decoded inputs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from starlette.concurrency import run_in_threadpool
 
 from ..engine import PredictItem
-from ..errors import Forbidden, InvalidInput, PayloadTooLarge
+from ..errors import InvalidInput
 from ..modulation import FocusEntry, ModulationArgumentError
 from ..settings import Settings
 from .deps import Caller
@@ -121,21 +121,13 @@ async def build_item(
     focus: list[FocusItem],
     top_k: int | None,
     caller: Caller,
-    adapter: Any,
     settings: Settings,
-    seed: int,
+    tier: str | None = None,
 ) -> PredictItem:
-    """Apply the tier's policy, then decode: cheap refusals come before any decoding work."""
-    tier = caller.tier
-    limit = min(settings.max_items, tier.max_items or settings.max_items)
-    if len(inputs) > limit:
-        raise PayloadTooLarge(
-            f"`inputs`: at most {limit} items per request for tier {tier.name!r}, "
-            f"got {len(inputs)}",
-            "inputs",
-        )
-    if focus and not tier.focus:
-        raise Forbidden(f"tier {tier.name!r} does not include focus", "focus")
+    """Admit the request at its tier (``tier``, when the body names one, lowers it), then
+    decode: cheap refusals come before any decoding work."""
+    caller = caller.admit(len(inputs), bool(focus), tier)
+    adapter = caller.runtime.adapter
     entries = focus_entries(focus, adapter.labels, adapter.task, settings.max_focus_entries)
     if adapter.task == "segmentation":
         check_region(entries, tuple(adapter.input_spec.shape))
@@ -145,4 +137,4 @@ async def build_item(
     if k > len(adapter.labels):
         raise InvalidInput(f"`top_k`: {k} is more than the {len(adapter.labels)} classes", "top_k")
     tensor = await prepare_inputs(inputs, adapter)
-    return PredictItem(tensor, tier.name, tier.sigma, seed, entries, k)
+    return PredictItem(tensor, caller.tier.name, caller.tier.sigma, caller.seed, entries, k)

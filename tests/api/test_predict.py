@@ -126,6 +126,20 @@ def test_missing_and_unknown_keys_are_401(client: TestClient) -> None:
         assert error_of(r)["field"] == "X-API-Key"
 
 
+def test_the_key_and_the_queue_are_checked_before_the_body_is_read(
+    make_client: Any, api_keys: dict[str, str]
+) -> None:
+    bad = {"content": b"not json", "headers": {"Content-Type": "application/json"}}
+    with make_client() as c:
+        for path in ("/predict", "/v2/models/digits/infer"):
+            assert c.post(path, **bad).status_code == 401
+        c.portal.call(c.app.state.aim.batcher.stop)  # type: ignore[attr-defined]
+        key = {"X-API-Key": api_keys["gold"], "Content-Type": "application/json"}
+        for path in ("/predict", "/v2/models/digits/infer"):
+            r = c.post(path, content=b"not json", headers=key)
+            assert r.status_code == 503, r.text  # refused before parsing, not 422
+
+
 def test_raising_the_tier_is_403(client: TestClient, api_keys: dict[str, str]) -> None:
     r = post(client, api_keys["bronze"], {"inputs": [ZERO]}, **{"X-AIM-Tier": "gold"})
     assert r.status_code == 403

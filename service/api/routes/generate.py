@@ -19,7 +19,7 @@ import orjson
 from fastapi import Request
 from starlette.responses import Response, StreamingResponse
 
-from ...errors import Forbidden, InvalidInput, ServiceError
+from ...errors import InvalidInput, ServiceError
 from ...generation import GenerationJob, Token, sampling_seed
 from ...models.causal_lm import CausalLM, GenerationRequest
 from ...models.errors import InputError
@@ -73,9 +73,8 @@ def build_request(
     body: GenerateRequest, caller: Caller, lm: CausalLM, state: AppState
 ) -> GenerationRequest:
     """Tier policy, focus tokens and context length, then the request with its keyed seeds."""
+    caller = caller.admit(1, bool(body.focus))
     tier = caller.tier
-    if body.focus and not tier.focus:
-        raise Forbidden(f"tier {tier.name!r} does not include focus", "focus")
     focus = token_focus(body.focus, lm, state.settings.max_focus_entries)
     prompt_ids = tuple(lm.encode(body.prompt))
     if not prompt_ids:
@@ -93,7 +92,7 @@ def build_request(
             f"tokens (the model's context holds {lm.max_context}), but is {body.max_new_tokens}",
             "max_new_tokens",
         )
-    seed = state.keyed.row_seed(caller.key.id, tier.name)
+    seed = caller.seed
     return GenerationRequest(
         prompt_ids=prompt_ids,
         max_new_tokens=body.max_new_tokens,

@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from ..body import json_response
-from ..deps import TIER_HEADER, State, authenticate, resolve_caller
+from ..deps import CurrentCaller, State
 from ..schemas import ERROR_RESPONSES, ModelInfo
 
 router = APIRouter()
 
 
 @router.get("/model", response_model=ModelInfo, responses=ERROR_RESPONSES, tags=["model"])
-async def model_info(request: Request, state: State) -> Response:
+async def model_info(state: State, caller: CurrentCaller) -> Response:
     """The served model and the tiers this key may use."""
-    record = authenticate(request, state)
-    model, tiers = state.require_ready()
-    caller = resolve_caller(request, record, tiers, request.headers.get(TIER_HEADER))
-    adapter = model.adapter
+    adapter = caller.runtime.adapter
     spec = adapter.input_spec.to_dict() if hasattr(adapter, "input_spec") else {}
     return json_response(
         {
             "name": state.name,
-            "task": model.task,
+            "task": caller.runtime.task,
             "labels": list(getattr(adapter, "labels", [])),
             "input": spec,
             "tiers": caller.allowed,

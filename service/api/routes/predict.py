@@ -1,4 +1,8 @@
-"""`POST /predict`: authenticate, resolve the tier, charge the rate limit, validate, batch."""
+"""`POST /predict`: parse the body, submit it to the batcher, encode the predictions.
+
+The caller dependency has authenticated the key, resolved the tier and checked the queue before
+the body is read; generation models are answered by `generate.py`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from starlette.responses import Response
 
 from ...batching import submit_until_disconnect
 from ..body import json_response, read_model, request_body
-from ..deps import TIER_HEADER, State, authenticate, charge, resolve_caller
+from ..deps import InferenceCaller, State
 from ..parsing import build_item
 from ..schemas import ERROR_RESPONSES, GenerateRequest, PredictRequest, PredictResponse
 
@@ -22,28 +26,16 @@ router = APIRouter(tags=["inference"])
     openapi_extra=request_body(PredictRequest, GenerateRequest),
     summary="Predict at the caller's tier (or a lower one named in X-AIM-Tier)",
 )
-async def predict(request: Request, state: State) -> Response:
-    record = authenticate(request, state)
-    model, tiers = state.require_ready()
-    caller = resolve_caller(request, record, tiers, request.headers.get(TIER_HEADER))
-    charge(caller)
-    if model.task == "generation":
+async def predict(request: Request, state: State, caller: InferenceCaller) -> Response:
+    runtime = caller.runtime
+    if runtime.task == "generation":
         from .generate import generate
 
         return await generate(request, state, caller)
-    assert state.batcher is not None
-    state.batcher.check_capacity()
     body = await read_model(request, PredictRequest)
-    seed = state.keyed.row_seed(caller.key.id, caller.tier.name)
-    item = await build_item(
-        body.inputs, body.focus, body.top_k, caller, model.adapter, state.settings, seed
-    )
-    predictions = await submit_until_disconnect(state.batcher, item, request.receive)
+    item = await build_item(body.inputs, body.focus, body.top_k, caller, state.settings)
+    assert runtime.batcher is not None
+    predictions = await submit_until_disconnect(runtime.batcher, item, request.receive)
     return json_response(
-        {
-            "model": state.name,
-            "tier": caller.tier.name,
-            "task": model.task,
-            "predictions": predictions,
-        }
+        {"model": state.name, "tier": item.tier, "task": runtime.task, "predictions": predictions}
     )

@@ -18,7 +18,7 @@ from ... import __version__
 from ...batching import submit_until_disconnect
 from ...errors import InvalidInput, ServiceError
 from ..body import json_response, request_body
-from ..deps import TIER_HEADER, State, authenticate, charge, resolve_caller
+from ..deps import Caller, InferenceCaller, State
 from ..parsing import build_item
 from ..schemas import ERROR_RESPONSES
 from ..state import AppState
@@ -134,17 +134,17 @@ async def model_ready(name: str, state: State, version: str | None = None) -> Re
     openapi_extra=request_body(InferRequest),
     summary="Infer at the caller's tier (JSON, or binary tensors after a JSON header)",
 )
-async def infer(name: str, request: Request, state: State, version: str | None = None) -> Response:
-    return await _infer(state, request, name, version)
+async def infer(
+    name: str, request: Request, state: State, caller: InferenceCaller, version: str | None = None
+) -> Response:
+    return await _infer(state, request, caller, name, version)
 
 
-async def _infer(state: AppState, request: Request, name: str, version: str | None) -> Response:
-    record = authenticate(request, state)
+async def _infer(
+    state: AppState, request: Request, caller: Caller, name: str, version: str | None
+) -> Response:
     _check(state, name, version)
     model = _vision_model(state)
-    _, tiers = state.require_ready()
-    assert state.batcher is not None
-    state.batcher.check_capacity()
     raw = decompress(
         await request.body(),
         request.headers.get("content-encoding"),
@@ -154,22 +154,20 @@ async def _infer(state: AppState, request: Request, name: str, version: str | No
     body = parsed.body
     _check_body_names(body, name, version)
     params = body.parameters or InferParameters.model_validate({})
-    caller = resolve_caller(request, record, tiers, params.tier or request.headers.get(TIER_HEADER))
-    charge(caller)
-    seed = state.keyed.row_seed(caller.key.id, caller.tier.name)
     try:
         item = await build_item(
-            parsed.items, params.focus, params.top_k, caller, model.adapter, state.settings, seed
+            parsed.items, params.focus, params.top_k, caller, state.settings, tier=params.tier
         )
     except InvalidInput as exc:
         raise _oip_field(exc) from None
+    assert state.batcher is not None
     preds = await submit_until_disconnect(state.batcher, item, request.receive)
     shape = list(model.adapter.input_spec.shape)
     chosen = select_outputs(_outputs(model.task, preds, shape), body)
     header: dict[str, Any] = {"model_name": state.name, "model_version": VERSION}
     if body.id is not None:
         header["id"] = body.id
-    header["parameters"] = {"tier": caller.tier.name}
+    header["parameters"] = {"tier": item.tier}
     content, json_length = encode_response(header, chosen)
     if json_length is None:
         return Response(content, media_type="application/json")
