@@ -2,19 +2,13 @@
 
 ``load_model`` turns a shipped name, a ``ModelSpec``, a config file or a model file into a
 ``VisionModel``: ``prepare``/``decode_image`` check one client item, ``forward`` gives logits.
-A generation spec or a Hugging Face directory loads as a ``CausalLM`` (see causal_lm.py).
+A generation spec or a Hugging Face directory loads as a ``CausalLM`` (see causal_lm.py; decoding is
+in ``service.generation``).
 """
 
 from .architectures import DigitsCNN, SceneSegmenter
 from .base import TASKS, InputSpec, Task, VisionModel
-from .causal_lm import (
-    CausalLM,
-    DecodeBatch,
-    GenerationRequest,
-    GenerationResult,
-    TokenEvent,
-    read_texts,
-)
+from .causal_lm import CausalLM, read_texts
 from .data import DigitsSplits, digit_scenes, digits_splits
 from .device import resolve_device
 from .errors import InputError, ModelLoadError
@@ -37,18 +31,14 @@ __all__ = [
     "SHIPPED",
     "TASKS",
     "CausalLM",
-    "DecodeBatch",
     "DigitsCNN",
     "DigitsSplits",
-    "GenerationRequest",
-    "GenerationResult",
     "InputError",
     "InputSpec",
     "ModelLoadError",
     "ModelSpec",
     "SceneSegmenter",
     "Task",
-    "TokenEvent",
     "VisionModel",
     "accuracy",
     "calibration_inputs",

@@ -54,3 +54,30 @@ class InputError(ValueError):
     def with_prefix(self, prefix: str) -> InputError:
         """The same error with ``prefix`` put in front of the field, e.g. "inputs[3]"."""
         return InputError(prefix + self.field, self.value, self.reason)
+
+
+def check_int(field: str, value: Any, low: int, high: int | None) -> None:
+    """Refuse ``value`` unless it is an integer (not a bool) in [low, high]."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    if not ok or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise InputError(
+            field, value, f"has to be an integer {bound}, but is {describe_value(value)}"
+        )
+
+
+def check_float(
+    field: str, value: Any, low: float, low_open: bool = False, high: float | None = None
+) -> None:
+    """Refuse ``value`` unless it is a finite number in [low, high] ((low, high] if open)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    number = float(value) if ok else float("nan")
+    ok = ok and number == number and abs(number) != float("inf")
+    ok = ok and (number > low if low_open else number >= low)
+    ok = ok and (high is None or number <= high)
+    if not ok:
+        lo = "(" if low_open else "["
+        bound = f"in {lo}{low}, {high}]" if high is not None else f">= {low}"
+        raise InputError(
+            field, value, f"has to be a number {bound}, but is {describe_value(value)}"
+        )

@@ -27,10 +27,18 @@ from service.api.app import create_app
 from service.config import ServiceConfig
 from service.engine import InferenceFailed
 from service.errors import Unavailable
-from service.generation import GenerationJob, GenerationScheduler, Token, sampling_seed
+from service.generation import (
+    GenerationJob,
+    GenerationRequest,
+    GenerationScheduler,
+    TextPieces,
+    Token,
+    generate,
+    sampling_seed,
+)
 from service.keys import KeyStore
 from service.metrics import Metrics
-from service.models.causal_lm import CausalLM, GenerationRequest
+from service.models.causal_lm import CausalLM
 from service.modulation import FreshNoise, KeyedNoise, NoiseSource
 from service.settings import Settings
 
@@ -181,8 +189,6 @@ def test_the_python_client_reads_both_answers(client: TestClient, api_keys: dict
 
 
 def test_text_pieces_hold_back_split_characters(lm: CausalLM) -> None:
-    from service.api.routes.generate import TextPieces
-
     ids = lm.tokenizer("é ü ok", add_special_tokens=False)["input_ids"]
     pieces = TextPieces(lm.decode)
     out = [pieces.add(i) for i in ids]
@@ -331,7 +337,7 @@ async def test_waiting_requests_decode_in_one_batch_as_they_would_alone(lm: Caus
     tokens = await asyncio.gather(*(_read(j) for j in jobs))
     assert scheduler.batches == 1
     for request, got in zip(requests, tokens, strict=True):
-        alone = lm.generate([request], source)[0]
+        alone = generate(lm, [request], source)[0]
         ids = [t.token_id for t in got if t.finish_reason != "stop"]
         assert ids == list(alone.token_ids)
         assert got[-1].finish_reason == alone.finish_reason

@@ -20,8 +20,8 @@ from fastapi import Request
 from starlette.responses import Response, StreamingResponse
 
 from ...errors import InvalidInput, ServiceError
-from ...generation import GenerationJob, Token, sampling_seed
-from ...models.causal_lm import CausalLM, GenerationRequest
+from ...generation import GenerationJob, GenerationRequest, TextPieces, Token, sampling_seed
+from ...models.causal_lm import CausalLM
 from ...models.errors import InputError
 from ...modulation import FocusEntry, ModulationArgumentError
 from ..body import json_response, read_model
@@ -29,7 +29,6 @@ from ..deps import Caller
 from ..schemas import FocusItem, GenerateRequest
 from ..state import AppState
 
-_REPLACEMENT = "\ufffd"  # what decoding shows for an incomplete UTF-8 sequence
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -134,37 +133,6 @@ def token_focus(items: list[FocusItem], lm: CausalLM, max_entries: int) -> tuple
             field = f"{where}.{exc.argument}"
             raise InvalidInput(f"`{field}`: {exc}", field) from None
     return tuple(entries)
-
-
-class TextPieces:
-    """Turns a growing list of token ids into text pieces whose concatenation is the text.
-
-    A byte-level token may end inside a UTF-8 character: decoding then shows U+FFFD, so the
-    piece is held back until the character is complete. Decoding the whole sequence each time
-    (not token by token) keeps word-start spaces and merged bytes right.
-    """
-
-    def __init__(self, decode: Callable[[list[int]], str]) -> None:
-        self._decode = decode
-        self.ids: list[int] = []
-        self.sent = ""
-
-    def add(self, token_id: int) -> str:
-        """The new text ``token_id`` completes ("" while a character is still incomplete)."""
-        self.ids.append(token_id)
-        text = self._decode(self.ids)
-        if text.endswith(_REPLACEMENT) or not text.startswith(self.sent):
-            return ""
-        piece, self.sent = text[len(self.sent) :], text
-        return piece
-
-    def flush(self) -> str:
-        """What is still held back, at the end of the sequence."""
-        text = self._decode(self.ids)
-        if not text.startswith(self.sent):
-            return ""
-        piece, self.sent = text[len(self.sent) :], text
-        return piece
 
 
 def _sse(payload: Any) -> bytes:

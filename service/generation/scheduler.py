@@ -24,20 +24,22 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from .batching import Pending, collect_batch
-from .engine import InferenceFailed
-from .errors import Unavailable
-from .metrics import Metrics
-from .models.causal_lm import CausalLM, DecodeBatch, FinishReason, GenerationRequest
-from .modulation import NoiseSource
+from ..batching import Pending, collect_batch
+from ..engine import InferenceFailed
+from ..errors import Unavailable
+from ..metrics import Metrics
+from ..modulation import NoiseSource
+from .decode import DecodeBatch
+from .request import MAX_SEED, FinishReason, GenerationRequest
+
+if TYPE_CHECKING:
+    from ..models.causal_lm import CausalLM
 
 log = logging.getLogger(__name__)
-
-_MAX_SEED = (1 << 63) - 1
 
 
 def sampling_seed(key_seed: int, prompt_ids: Sequence[int]) -> int:
@@ -48,7 +50,7 @@ def sampling_seed(key_seed: int, prompt_ids: Sequence[int]) -> int:
     """
     h = hashlib.sha256(int(key_seed).to_bytes(8, "little", signed=False))
     h.update(torch.tensor(list(prompt_ids), dtype=torch.int64).numpy().tobytes())
-    return int.from_bytes(h.digest()[:8], "little") & _MAX_SEED
+    return int.from_bytes(h.digest()[:8], "little") & MAX_SEED
 
 
 class Token(NamedTuple):
