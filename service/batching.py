@@ -1,9 +1,12 @@
-"""Dynamic, tier-aware batching: requests of any key and tier share one forward pass.
+"""Tier-aware batching: requests of any key and tier share one forward pass, higher tiers first.
 
-The queue is bounded (a full queue answers 503 at once, it never blocks a client), the forward
-pass runs on a worker thread off the event loop, requests whose caller was cancelled (the HTTP
-layer cancels a request whose client went away) are dropped before the forward pass, and `stop()`
-drains what was accepted.
+:class:`TierQueue` is the bounded waiting room: it hands out the highest tier's oldest request
+first (rank 0 is the highest tier), and when it is full a request of a higher tier displaces the
+newest request of the lowest tier waiting (that one gets 503 with ``Retry-After``); a request
+that could displace nobody is refused at once. :func:`collect_batch` is batching as a free
+function over that queue. :class:`Worker` is what the vision :class:`Batcher` and the generation
+scheduler share: the queue, one worker thread off the event loop, the accept flag, start, the
+capacity check before a body is parsed, and a stop that drains what was accepted.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,6 +24,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from .errors import Unavailable
 
 log = logging.getLogger(__name__)
+
+_RETRY = {"Retry-After": "1"}
 
 
 class Sized(Protocol):
@@ -38,11 +44,84 @@ class Pending(Generic[T]):
     item: T
     future: asyncio.Future[Any]
     enqueued: float = field(default_factory=time.perf_counter)
+    rank: int = 0
+    """The tier's rank: 0 is the highest tier, which goes first."""
+    tier: str = ""
+    """The tier's name, for metrics."""
 
 
-async def collect_batch(
-    queue: asyncio.Queue[Pending[T]], max_rows: int, max_wait: float
-) -> list[Pending[T]]:
+class TierQueue(Generic[T]):
+    """A bounded queue that serves lower ranks (higher tiers) first, each rank in arrival order."""
+
+    def __init__(self, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError(f"`maxsize` has to be at least 1, but is {maxsize}")
+        self.maxsize = maxsize
+        self._lanes: dict[int, deque[Pending[T]]] = {}
+        self._size = 0
+        self._ready = asyncio.Event()
+
+    def qsize(self) -> int:
+        return self._size
+
+    def empty(self) -> bool:
+        return self._size == 0
+
+    def full(self) -> bool:
+        return self._size >= self.maxsize
+
+    def admits(self, rank: int) -> bool:
+        """A request of ``rank`` would be queued: there is room, or a lower tier to displace."""
+        return not self.full() or self._lowest() > rank
+
+    def put(self, pending: Pending[T]) -> Pending[T] | None:
+        """Queue ``pending``; returns the request it displaced, if the queue was full. Raises
+        ``asyncio.QueueFull`` when it is full of requests of ``pending``'s tier or higher."""
+        displaced = None
+        if self.full():
+            lowest = self._lowest()
+            if lowest <= pending.rank:
+                raise asyncio.QueueFull
+            displaced = self._lanes[lowest].pop()  # the newest of the lowest tier
+            self._size -= 1
+            if not self._lanes[lowest]:
+                del self._lanes[lowest]
+        self._lanes.setdefault(pending.rank, deque()).append(pending)
+        self._size += 1
+        self._ready.set()
+        return displaced
+
+    def push_front(self, pending: Pending[T]) -> None:
+        """Put back a request just taken, at the head of its tier (room is not checked)."""
+        self._lanes.setdefault(pending.rank, deque()).appendleft(pending)
+        self._size += 1
+        self._ready.set()
+
+    def get_nowait(self) -> Pending[T]:
+        """The oldest request of the highest tier waiting; ``asyncio.QueueEmpty`` if none."""
+        if not self._lanes:
+            raise asyncio.QueueEmpty
+        rank = min(self._lanes)
+        lane = self._lanes[rank]
+        pending = lane.popleft()
+        if not lane:
+            del self._lanes[rank]
+        self._size -= 1
+        if not self._size:
+            self._ready.clear()
+        return pending
+
+    async def get(self) -> Pending[T]:
+        """Wait for a request, then :meth:`get_nowait` (cancelling the wait loses nothing)."""
+        while not self._size:
+            await self._ready.wait()
+        return self.get_nowait()
+
+    def _lowest(self) -> int:
+        return max(self._lanes, default=-1)
+
+
+async def collect_batch(queue: TierQueue[T], max_rows: int, max_wait: float) -> list[Pending[T]]:
     """Take one item (waiting for it), then more until `max_rows` rows or `max_wait` seconds.
 
     An item that would push the batch over `max_rows` waits for the next batch, except the first,
@@ -63,78 +142,123 @@ async def collect_batch(
             except TimeoutError:
                 break
         if rows + nxt.item.rows > max_rows:
-            # Put it back at the front: asyncio.Queue has no push-front, so keep it for next time.
-            queue._queue.appendleft(nxt)  # type: ignore[attr-defined]
+            queue.push_front(nxt)  # it keeps its place for the next batch
             break
         batch.append(nxt)
         rows += nxt.item.rows
     return batch
 
 
-class Batcher(Generic[T]):
-    """Runs `run_batch(items) -> results` (one result or exception per item) on batched items."""
+class Worker(Generic[T]):
+    """A tier queue served by one worker thread; subclasses write `_loop` and `_reject`.
+
+    ``_open`` counts accepted requests not yet answered: `stop` waits for it to reach 0.
+    """
+
+    thread_name = "aim-worker"
 
     def __init__(
         self,
-        run_batch: Callable[[Sequence[T]], list[Any]],
         max_rows: int = 32,
         max_wait: float = 0.002,
         queue_size: int = 256,
         on_depth: Callable[[int], None] | None = None,
+        on_shed: Callable[[str], None] | None = None,
     ) -> None:
-        self._run_batch = run_batch
         self.max_rows = max_rows
         self.max_wait = max_wait
-        self._queue: asyncio.Queue[Pending[T]] = asyncio.Queue(maxsize=queue_size)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aim-forward")
+        self._queue: TierQueue[T] = TierQueue(queue_size)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.thread_name)
         self._worker: asyncio.Task[None] | None = None
         self._accepting = False
-        self._in_flight = 0
+        self._open = 0
         self._on_depth = on_depth or (lambda _d: None)
+        self._on_shed = on_shed or (lambda _t: None)
 
     @property
     def alive(self) -> bool:
         """False once the worker has stopped (shut down, or died): the server is then not ready."""
         return self._worker is not None and not self._worker.done()
 
-    def check_capacity(self) -> None:
-        """Refuse at once (503) when the queue is full or closed, before any work is spent on
-        a request that could not be queued: under overload, cheap refusals keep goodput up."""
-        if not self._accepting:
-            raise Unavailable("the server is shutting down", headers={"Retry-After": "1"})
-        if self._queue.full():
-            raise Unavailable(
-                "the request queue is full, try again shortly", headers={"Retry-After": "1"}
-            )
-
-    @property
-    def depth(self) -> int:
-        return self._queue.qsize()
-
     def start(self) -> None:
         self._accepting = True
-        self._worker = asyncio.get_running_loop().create_task(self._loop(), name="aim-batcher")
+        self._worker = asyncio.get_running_loop().create_task(self._loop(), name=self.thread_name)
 
-    async def submit(self, item: T) -> Any:
-        """Queue an item and wait for its result. Raises `Unavailable` at once if full/closed.
+    def check_capacity(self, rank: int = 0, tier: str = "") -> None:
+        """Refuse at once (503) when the queue is closed, or full with nobody of a lower tier
+        than ``rank`` to displace, before any work is spent on the request: under overload,
+        cheap refusals keep goodput up."""
+        if not self._accepting:
+            raise Unavailable("the server is shutting down", headers=_RETRY)
+        if not self._queue.admits(rank):
+            self._on_shed(tier)
+            raise Unavailable("the request queue is full, try again shortly", headers=_RETRY)
+
+    def _enqueue(self, pending: Pending[T]) -> None:
+        """Queue a request (checked as `check_capacity` does), shedding a lower tier's if full."""
+        self.check_capacity(pending.rank, pending.tier)
+        displaced = self._queue.put(pending)
+        self._open += 1
+        if displaced is not None:
+            self._on_shed(displaced.tier)
+            self._reject(
+                displaced,
+                Unavailable("displaced by a higher tier, try again shortly", headers=_RETRY),
+            )
+        self._on_depth(self._queue.qsize())
+
+    async def _loop(self) -> None:  # pragma: no cover - every worker has its own
+        raise NotImplementedError
+
+    def _reject(self, pending: Pending[T], error: Exception) -> None:
+        """End a queued request with ``error`` (it never ran); counts it off ``_open``."""
+        raise NotImplementedError  # pragma: no cover
+
+    def _abort(self) -> None:
+        """At the end of `stop`'s grace period: end the running work (nothing by default)."""
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop accepting, let accepted requests finish (for up to ``timeout`` seconds), then end
+        the running work and the waiting requests with ``Unavailable``."""
+        self._accepting = False
+        deadline = time.perf_counter() + timeout
+        while self._open > 0 and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+        self._abort()
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        while not self._queue.empty():
+            self._reject(self._queue.get_nowait(), Unavailable("the server is shutting down"))
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
+
+
+class Batcher(Worker[T]):
+    """Runs `run_batch(items) -> results` (one result or exception per item) on batched items."""
+
+    thread_name = "aim-forward"
+
+    def __init__(self, run_batch: Callable[[Sequence[T]], list[Any]], **options: Any) -> None:
+        super().__init__(**options)
+        self._run_batch = run_batch
+
+    async def submit(self, item: T, rank: int = 0, tier: str = "") -> Any:
+        """Queue an item and wait for its result. Raises `Unavailable` at once if full/closed,
+        or later if a higher tier displaces it from a full queue.
 
         Cancelling the caller cancels the item: it is skipped if its batch has not run yet.
         """
-        if not self._accepting:
-            raise Unavailable("the server is shutting down", headers={"Retry-After": "1"})
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait(Pending(item, future))
-        except asyncio.QueueFull:
-            raise Unavailable(
-                "the request queue is full, try again shortly", headers={"Retry-After": "1"}
-            ) from None
-        self._in_flight += 1
-        self._on_depth(self._queue.qsize())
+        self._enqueue(Pending(item, future, rank=rank, tier=tier))
         try:
             return await future
         finally:
-            self._in_flight -= 1
+            self._open -= 1
+
+    def _reject(self, pending: Pending[T], error: Exception) -> None:
+        if not pending.future.done():  # `submit` counts it off `_open` when it wakes
+            pending.future.set_exception(error)
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -162,41 +286,30 @@ class Batcher(Generic[T]):
                 else:
                     p.future.set_result(result)
 
-    async def stop(self, timeout: float = 30.0) -> None:
-        """Stop accepting, finish what was accepted (bounded by `timeout`), then stop the worker."""
-        self._accepting = False
-        deadline = time.perf_counter() + timeout
-        while (self._in_flight > 0 or not self._queue.empty()) and time.perf_counter() < deadline:
-            await asyncio.sleep(0.01)
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-        while not self._queue.empty():
-            p = self._queue.get_nowait()
-            if not p.future.done():
-                p.future.set_exception(Unavailable("the server is shutting down"))
-        self._executor.shutdown(wait=True)
+
+async def watch_disconnect(receive: Callable[[], Awaitable[Any]], gone: Callable[[], Any]) -> None:
+    """Call ``gone()`` when the ASGI ``receive`` reports that the client went away.
+
+    Started once the body has been read, so the next message `receive` yields is the
+    disconnect (uvicorn), and the watcher costs nothing while the request is served.
+    """
+    while True:
+        message = await receive()
+        if message.get("type") == "http.disconnect":
+            gone()
+            return
 
 
 async def submit_until_disconnect(
-    batcher: Batcher[Any], item: Any, receive: Callable[[], Awaitable[Any]]
+    batcher: Batcher[Any],
+    item: Any,
+    receive: Callable[[], Awaitable[Any]],
+    rank: int = 0,
+    tier: str = "",
 ) -> Any:
-    """`batcher.submit(item)`, cancelled if the ASGI `receive` reports the client went away.
-
-    Called once the body has been read, so the next message `receive` yields is the
-    disconnect (uvicorn), and the watcher costs nothing while the request is served.
-    """
-    task = asyncio.ensure_future(batcher.submit(item))
-
-    async def watch() -> None:
-        while True:
-            message = await receive()
-            if message.get("type") == "http.disconnect":
-                task.cancel()
-                return
-
-    watcher = asyncio.ensure_future(watch())
+    """`batcher.submit(item, rank, tier)`, cancelled if the client goes away meanwhile."""
+    task = asyncio.ensure_future(batcher.submit(item, rank, tier))
+    watcher = asyncio.ensure_future(watch_disconnect(receive, task.cancel))
     try:
         return await task
     finally:

@@ -67,6 +67,12 @@ class Metrics:
         self.queue_depth = Gauge(
             "aim_queue_depth", "Requests waiting for a forward pass", registry=r
         )
+        self.shed = Counter(
+            "aim_shed",
+            "Requests a full queue refused, or displaced for a higher tier's",
+            ["tier"],
+            registry=r,
+        )
         self.tier_sigma = Gauge("aim_tier_sigma", "σ each tier is served at", ["tier"], registry=r)
         self.tokens = Counter("aim_tokens_generated", "Tokens generated", ["tier"], registry=r)
         self.ttft = Histogram(
@@ -104,8 +110,15 @@ class Metrics:
         self.queue_depth.set(depth)
 
     @_safe
+    def observe_shed(self, tier: str) -> None:
+        self.shed.labels(tier).inc()
+
+    @_safe
     def set_sigma(self, tier: str, sigma: float) -> None:
         self.tier_sigma.labels(tier).set(sigma)
+        # Every configured tier passes here at start-up: its shed series starts at 0, so the
+        # dashboard shows "nothing shed" rather than "no data".
+        self.shed.labels(tier)
 
     @_safe
     def observe_token(self, tier: str, first: bool, seconds: float) -> None:

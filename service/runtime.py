@@ -75,6 +75,7 @@ class Runtime:
             "max_wait": settings.max_wait_ms / 1000.0,
             "queue_size": settings.queue_size,
             "on_depth": metrics.set_queue_depth,
+            "on_shed": metrics.observe_shed,
         }
         if self.task == "generation":
             self.generator = GenerationScheduler(self.adapter, self.source, metrics, **queue)
@@ -84,11 +85,12 @@ class Runtime:
             self.batcher = Batcher(self.engine.run, **queue)
             self.batcher.start()
 
-    def check_capacity(self) -> None:
-        """``Unavailable`` (503) at once when the vision queue is full, so a request is refused
-        before its body is read; the generation scheduler refuses when a request is submitted."""
-        if self.batcher is not None:
-            self.batcher.check_capacity()
+    def check_capacity(self, rank: int = 0, tier: str = "") -> None:
+        """``Unavailable`` (503) at once when the queue is full with nobody of a lower tier than
+        ``rank`` to displace, so a request is refused before its body is read."""
+        worker = self.batcher if self.batcher is not None else self.generator
+        if worker is not None:
+            worker.check_capacity(rank, tier)
 
     @property
     def alive(self) -> bool:

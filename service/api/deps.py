@@ -107,7 +107,7 @@ class CallerDependency:
         tier = tiers.resolve(record.tier, requested.strip() if requested else None)
         request.scope["aim.tier"] = tier.name
         if self.inference:
-            runtime.check_capacity()
+            runtime.check_capacity(tier.rank, tier.name)
         return Caller(
             record,
             tier,

@@ -23,12 +23,11 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from ..batching import Pending, collect_batch
+from ..batching import Pending, Worker, collect_batch
 from ..engine import InferenceFailed
 from ..errors import Unavailable
 from ..metrics import Metrics
@@ -119,8 +118,16 @@ class GenerationJob:
             self._loop.call_soon_threadsafe(self._events.put_nowait, event)
 
 
-class GenerationScheduler:
-    """Collects generation requests into batches and decodes them on one worker thread."""
+class GenerationScheduler(Worker[GenerationJob]):
+    """Collects generation requests into batches and decodes them on one worker thread.
+
+    The interface the routes use: :meth:`check_capacity` before parsing a body, :meth:`submit`
+    for a parsed request, then read :meth:`GenerationJob.tokens` and call
+    :meth:`GenerationJob.cancel` when the client goes away; :meth:`start` and :meth:`stop` belong
+    to the app's life cycle.
+    """
+
+    thread_name = "aim-decode"
 
     def __init__(
         self,
@@ -131,53 +138,40 @@ class GenerationScheduler:
         max_wait: float = 0.002,
         queue_size: int = 256,
         on_depth: Callable[[int], None] | None = None,
+        on_shed: Callable[[str], None] | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
+        super().__init__(
+            max_rows, max_wait, queue_size, on_depth, on_shed or self.metrics.observe_shed
+        )
         self.lm = lm
         self.source = source
-        self.metrics = metrics or Metrics()
-        self.max_rows = max_rows
-        self.max_wait = max_wait
-        self._queue: asyncio.Queue[Pending[GenerationJob]] = asyncio.Queue(maxsize=queue_size)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aim-decode")
-        self._worker: asyncio.Task[None] | None = None
-        self._accepting = False
-        self._open = 0  # jobs accepted and not yet through their batch
-        self._abort = threading.Event()  # stop: end the running batch at its next step
-        self._on_depth = on_depth or (lambda _d: None)
+        self._aborting = threading.Event()  # stop: end the running batch at its next step
         self.batches = 0
         """Batches started so far (for tests and logs)."""
 
-    @property
-    def alive(self) -> bool:
-        """False once the worker has stopped (shut down, or died)."""
-        return self._worker is not None and not self._worker.done()
+    def submit(
+        self, request: GenerationRequest, tier: str, arrived: float, rank: int = 0
+    ) -> GenerationJob:
+        """Queue a request of tier ``tier`` (its ``rank``: 0 is the highest tier, which goes
+        first); read its tokens from the returned job. Raises ``Unavailable`` at once when the
+        queue is full of requests of this tier or higher, or the scheduler is stopping; a job
+        displaced later by a higher tier gets ``Unavailable`` from its ``tokens()``.
 
-    @property
-    def depth(self) -> int:
-        """Requests waiting for a batch."""
-        return self._queue.qsize()
-
-    def start(self) -> None:
-        self._accepting = True
-        self._worker = asyncio.get_running_loop().create_task(self._loop(), name="aim-generate")
-
-    def submit(self, request: GenerationRequest, tier: str, arrived: float) -> GenerationJob:
-        """Queue a request; read its tokens from the returned job. Raises ``Unavailable`` at once
-        when the queue is full or the scheduler is stopping."""
-        if not self._accepting:
-            raise Unavailable("the server is shutting down", headers={"Retry-After": "1"})
+        ``arrived`` is ``time.perf_counter()`` when the HTTP request arrived (time to first token
+        counts from there)."""
         loop = asyncio.get_running_loop()
         job = GenerationJob(request, tier, arrived, loop)
-        try:
-            # The future is unused: results flow through the job, token by token.
-            self._queue.put_nowait(Pending(job, loop.create_future()))
-        except asyncio.QueueFull:
-            raise Unavailable(
-                "the request queue is full, try again shortly", headers={"Retry-After": "1"}
-            ) from None
-        self._open += 1
-        self._on_depth(self._queue.qsize())
+        # The future is unused: results flow through the job, token by token.
+        self._enqueue(Pending(job, loop.create_future(), rank=rank, tier=tier))
         return job
+
+    def _reject(self, pending: Pending[GenerationJob], error: Exception) -> None:
+        pending.item._send(error)
+        self._open -= 1
+
+    def _abort(self) -> None:
+        self._aborting.set()
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -217,7 +211,7 @@ class GenerationScheduler:
         try:
             while not batch.done:
                 for row in batch.running():
-                    if self._abort.is_set():
+                    if self._aborting.is_set():
                         batch.cancel(row)
                         jobs[row]._send(Unavailable("the server is shutting down"))
                     elif jobs[row].cancelled:
@@ -258,21 +252,3 @@ class GenerationScheduler:
         if not good:
             return None, []
         return DecodeBatch(self.lm, [j.request for j in good], self.source), good
-
-    # Shutdown -----------------------------------------------------------------------------------
-
-    async def stop(self, timeout: float = 30.0) -> None:
-        """Stop accepting, let accepted requests finish (for up to ``timeout`` seconds), then end
-        the running batch and the waiting requests with ``Unavailable``."""
-        self._accepting = False
-        deadline = time.perf_counter() + timeout
-        while self._open > 0 and time.perf_counter() < deadline:
-            await asyncio.sleep(0.01)
-        self._abort.set()
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-        while not self._queue.empty():
-            self._queue.get_nowait().item._send(Unavailable("the server is shutting down"))
-        await asyncio.to_thread(self._executor.shutdown, wait=True)

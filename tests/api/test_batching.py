@@ -1,4 +1,5 @@
-"""The batcher on plain queues (no server): sizes, waits, full queue, drain, gone clients."""
+"""The batcher on plain queues (no server): sizes, waits, tier order, shedding, drain, gone
+clients."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from service.batching import Batcher, Pending, collect_batch, submit_until_disconnect
+from service.batching import Batcher, Pending, TierQueue, collect_batch, submit_until_disconnect
 from service.errors import Unavailable
 
 pytestmark = pytest.mark.unit
@@ -22,8 +23,8 @@ class Item:
     queue_wait: float = 0.0
 
 
-def _pending(item: Item) -> Pending[Item]:
-    return Pending(item, asyncio.get_running_loop().create_future())
+def _pending(item: Item, rank: int = 0) -> Pending[Item]:
+    return Pending(item, asyncio.get_running_loop().create_future(), rank=rank, tier=f"t{rank}")
 
 
 @pytest.mark.parametrize(
@@ -38,22 +39,76 @@ def _pending(item: Item) -> Pending[Item]:
 async def test_collect_batch_respects_rows_and_wait(
     sizes: list[int], max_rows: int, expected: int
 ) -> None:
-    queue: asyncio.Queue[Pending[Item]] = asyncio.Queue()
+    queue: TierQueue[Item] = TierQueue(64)
     for s in sizes:
-        queue.put_nowait(_pending(Item(s)))
+        queue.put(_pending(Item(s)))
     batch = await collect_batch(queue, max_rows, max_wait=0.01)
     assert len(batch) == expected
     assert queue.qsize() == len(sizes) - expected
 
 
 async def test_collect_batch_keeps_order_when_an_item_does_not_fit() -> None:
-    queue: asyncio.Queue[Pending[Item]] = asyncio.Queue()
+    queue: TierQueue[Item] = TierQueue(64)
     for i, s in enumerate([2, 3, 1]):
-        queue.put_nowait(_pending(Item(s, value=i)))
+        queue.put(_pending(Item(s, value=i)))
     first = await collect_batch(queue, 4, 0.0)
     second = await collect_batch(queue, 4, 0.0)
     assert [p.item.value for p in first] == [0]
     assert [p.item.value for p in second] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("ranks", "max_rows", "expected"),
+    [
+        ([2, 0, 1, 0, 2], 8, [0, 0, 1, 2, 2]),  # higher tiers first, each in arrival order
+        ([2, 2, 1, 0], 2, [0, 1]),  # a small batch takes the highest tiers waiting
+        ([1, 1, 1], 8, [1, 1, 1]),
+    ],
+)
+async def test_collect_batch_takes_higher_tiers_first(
+    ranks: list[int], max_rows: int, expected: list[int]
+) -> None:
+    queue: TierQueue[Item] = TierQueue(64)
+    for i, rank in enumerate(ranks):
+        queue.put(_pending(Item(1, value=i), rank))
+    batch = await collect_batch(queue, max_rows, max_wait=0.0)
+    assert [p.rank for p in batch] == expected
+    values = [p.item.value for p in batch]
+    for rank in set(expected):  # arrival order within a tier
+        mine = [v for v, p in zip(values, batch, strict=True) if p.rank == rank]
+        assert mine == sorted(mine)
+
+
+@pytest.mark.parametrize(
+    ("queued", "arriving", "displaced"),
+    [
+        ([0, 2, 1, 2], 0, 3),  # the newest of the lowest tier goes
+        ([0, 2, 1, 2], 1, 3),
+        ([1, 1, 0], 0, 1),  # lowest tier queued is 1: its newest
+        ([0, 1, 2], 2, None),  # the lowest tier displaces nobody
+        ([0, 0, 1], 1, None),  # nor does a tier displace its own
+        ([1, 0, 0], 0, 0),
+    ],
+)
+async def test_a_full_queue_sheds_the_newest_of_the_lowest_tier(
+    queued: list[int], arriving: int, displaced: int | None
+) -> None:
+    queue: TierQueue[Item] = TierQueue(len(queued))
+    for i, rank in enumerate(queued):
+        assert queue.put(_pending(Item(1, value=i), rank)) is None
+    assert queue.full()
+    newcomer = _pending(Item(1, value=99), arriving)
+    assert queue.admits(arriving) == (displaced is not None)
+    if displaced is None:
+        with pytest.raises(asyncio.QueueFull):
+            queue.put(newcomer)
+        assert queue.qsize() == len(queued)
+        return
+    out = queue.put(newcomer)
+    assert out is not None and out.item.value == displaced
+    assert queue.qsize() == len(queued)
+    left = sorted(p.item.value for p in [queue.get_nowait() for _ in range(len(queued))])
+    assert left == sorted([i for i in range(len(queued)) if i != displaced] + [99])
 
 
 def _echo(items: Sequence[Item]) -> list[object]:
@@ -88,6 +143,37 @@ async def test_full_queue_answers_503_at_once() -> None:
     assert time.perf_counter() - started < 0.1  # refused without waiting for the model
     assert err.value.status == 503 and err.value.headers["Retry-After"] == "1"
     assert await first == 0 and await second == 0
+    await batcher.stop()
+
+
+async def test_a_higher_tier_displaces_a_queued_lower_one_with_503() -> None:
+    def slow(items: Sequence[Item]) -> list[object]:
+        time.sleep(0.2)
+        return [it.value for it in items]
+
+    shed: list[str] = []
+    batcher: Batcher[Item] = Batcher(
+        slow, max_rows=1, max_wait=0.0, queue_size=2, on_shed=shed.append
+    )
+    batcher.start()
+    running = asyncio.ensure_future(batcher.submit(Item(1, 0), 2, "bronze"))
+    await asyncio.sleep(0.05)  # the worker is busy with it
+    low = [asyncio.ensure_future(batcher.submit(Item(1, v), 2, "bronze")) for v in (1, 2)]
+    await asyncio.sleep(0)
+    with pytest.raises(Unavailable):  # full of its own tier: refused at once
+        batcher.check_capacity(2, "bronze")
+    assert shed == ["bronze"]
+    high = asyncio.ensure_future(batcher.submit(Item(1, 3), 0, "gold"))
+    await asyncio.sleep(0)
+    with pytest.raises(Unavailable) as err:
+        await low[1]  # the newest bronze request made room for gold
+    assert err.value.status == 503 and err.value.headers["Retry-After"] == "1"
+    assert shed == ["bronze", "bronze"]
+    order = []
+    for task in asyncio.as_completed([high, low[0]]):
+        order.append(await task)
+    assert order == [3, 1]  # gold before the bronze request that waited longer
+    assert await running == 0
     await batcher.stop()
 
 

@@ -379,6 +379,36 @@ async def test_full_queue_answers_503_at_once(lm: CausalLM) -> None:
     await scheduler.stop()
 
 
+async def test_a_full_queue_sheds_the_lowest_tier_first(lm: CausalLM) -> None:
+    scheduler = GenerationScheduler(
+        lm, SlowNoise(FreshNoise()), max_rows=1, max_wait=0.0, queue_size=2
+    )
+    scheduler.start()
+    slow = _request(lm, "the", max_new_tokens=8, sigma=0.5, stop_on_eos=False)
+    running = scheduler.submit(slow, "bronze", time.perf_counter(), rank=2)
+    await anext(running.tokens())  # the worker is busy with it
+    older = scheduler.submit(slow, "bronze", time.perf_counter(), rank=2)
+    newer = scheduler.submit(slow, "bronze", time.perf_counter(), rank=2)
+    with pytest.raises(Unavailable):  # full of its own tier: refused at once
+        scheduler.submit(slow, "bronze", time.perf_counter(), rank=2)
+    gold = scheduler.submit(slow, "gold", time.perf_counter(), rank=0)
+    with pytest.raises(Unavailable) as err:
+        await _read(newer)
+    assert err.value.headers["Retry-After"] == "1"
+    shed = scheduler.metrics.registry.get_sample_value("aim_shed_total", {"tier": "bronze"})
+    assert shed == 2.0
+    running.cancel()
+    done: list[str] = []
+
+    async def finish(job: GenerationJob, name: str) -> None:
+        assert len(await _read(job)) == 8
+        done.append(name)
+
+    await asyncio.gather(finish(older, "older bronze"), finish(gold, "gold"))
+    assert done == ["gold", "older bronze"]  # gold went first, though it came last
+    await scheduler.stop()
+
+
 class BrokenNoise:
     def sample(self, *args: Any) -> list[torch.Tensor]:
         raise RuntimeError("out of memory")

@@ -35,7 +35,7 @@ CONFIG_PATH = "/etc/aim/config.yaml"
 KEYS_PATH = "/etc/aim/keys.yaml"
 
 # The service's metric families (DESIGN.md "Metrics"), by Prometheus type.
-COUNTERS = {"aim_requests_total", "aim_tokens_generated_total"}
+COUNTERS = {"aim_requests_total", "aim_tokens_generated_total", "aim_shed_total"}
 GAUGES = {"aim_queue_depth", "aim_tier_sigma"}
 HISTOGRAMS = {
     "aim_request_duration_seconds",

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from fastapi import Request
 from starlette.responses import Response, StreamingResponse
 
+from ...batching import watch_disconnect
 from ...errors import InvalidInput, ServiceError
 from ...generation import GenerationJob, GenerationRequest, TextPieces, Token, sampling_seed
 from ...models.causal_lm import CausalLM
@@ -35,12 +36,14 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 async def generate(request: Request, state: AppState, caller: Caller) -> Response:
     """Generate text for one prompt at the caller's tier, as JSON or as a token stream."""
     arrived = time.perf_counter()
-    body = await read_model(request, GenerateRequest)
     model, _ = state.require_ready()
     lm: CausalLM = model.adapter
-    assert state.generator is not None
-    job = state.generator.submit(build_request(body, caller, lm, state), caller.tier.name, arrived)
-    watcher = asyncio.ensure_future(_watch_disconnect(request.receive, job))
+    scheduler = state.generator
+    assert scheduler is not None
+    tier = caller.tier
+    body = await read_model(request, GenerateRequest)
+    job = scheduler.submit(build_request(body, caller, lm, state), tier.name, arrived, tier.rank)
+    watcher = asyncio.ensure_future(watch_disconnect(request.receive, job.cancel))
     try:
         tokens = job.tokens()
         # The first token before the answer starts: an error until then is a plain HTTP error.
@@ -137,16 +140,6 @@ def token_focus(items: list[FocusItem], lm: CausalLM, max_entries: int) -> tuple
 
 def _sse(payload: Any) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
-async def _watch_disconnect(receive: Callable[[], Awaitable[Any]], job: GenerationJob) -> None:
-    """Cancel the job when the ASGI `receive` reports that the client went away (the body has
-    been read, so the next message is the disconnect)."""
-    while True:
-        message = await receive()
-        if message.get("type") == "http.disconnect":
-            job.cancel()
-            return
 
 
 async def _collect(first: Token, rest: AsyncIterator[Token]) -> tuple[list[int], str]:

@@ -35,7 +35,9 @@ async def predict(request: Request, state: State, caller: InferenceCaller) -> Re
     body = await read_model(request, PredictRequest)
     item = await build_item(body.inputs, body.focus, body.top_k, caller, state.settings)
     assert runtime.batcher is not None
-    predictions = await submit_until_disconnect(runtime.batcher, item, request.receive)
+    predictions = await submit_until_disconnect(
+        runtime.batcher, item, request.receive, caller.tier.rank, caller.tier.name
+    )
     return json_response(
         {"model": state.name, "tier": item.tier, "task": runtime.task, "predictions": predictions}
     )

@@ -161,7 +161,9 @@ async def _infer(
     except InvalidInput as exc:
         raise _oip_field(exc) from None
     assert state.batcher is not None
-    preds = await submit_until_disconnect(state.batcher, item, request.receive)
+    preds = await submit_until_disconnect(
+        state.batcher, item, request.receive, caller.tier.rank, caller.tier.name
+    )
     shape = list(model.adapter.input_spec.shape)
     chosen = select_outputs(_outputs(model.task, preds, shape), body)
     header: dict[str, Any] = {"model_name": state.name, "model_version": VERSION}
