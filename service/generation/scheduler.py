@@ -22,8 +22,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -130,20 +130,13 @@ class GenerationScheduler(Worker[GenerationJob]):
     thread_name = "aim-decode"
 
     def __init__(
-        self,
-        lm: CausalLM,
-        source: NoiseSource,
-        metrics: Metrics | None = None,
-        max_rows: int = 32,
-        max_wait: float = 0.002,
-        queue_size: int = 256,
-        on_depth: Callable[[int], None] | None = None,
-        on_shed: Callable[[str], None] | None = None,
+        self, lm: CausalLM, source: NoiseSource, metrics: Metrics | None = None, **options: Any
     ) -> None:
+        """``options`` are the :class:`Worker`'s (``max_rows``, ``max_wait``, ``queue_size``,
+        ``on_depth``, ``on_shed``; shed requests count in ``metrics`` by default)."""
         self.metrics = metrics or Metrics()
-        super().__init__(
-            max_rows, max_wait, queue_size, on_depth, on_shed or self.metrics.observe_shed
-        )
+        options.setdefault("on_shed", self.metrics.observe_shed)
+        super().__init__(**options)
         self.lm = lm
         self.source = source
         self._aborting = threading.Event()  # stop: end the running batch at its next step
