@@ -1,112 +1,176 @@
-"""The service config file: which model to serve and the tiers it is sold at."""
+"""The service config file: which model to serve and the tiers it is sold at.
+
+Pydantic models; every refusal names its field (``tiers.bronze.utility: 1.5 has to be in (0,
+1]``) through the translation in ``validation.py`` that the HTTP 422s use too.
+"""
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .validation import FieldError, config_error
 
 DEFAULT_TIERS: dict[str, dict[str, Any]] = {
     "gold": {"utility": 1.0},
     "silver": {"utility": 0.85},
     "bronze": {"utility": 0.6},
 }
+_TIER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+_RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*")
 
 
-class ConfigError(ValueError):
+class ConfigError(FieldError):
     """The config file is invalid; the message names the field."""
 
 
-@dataclass(frozen=True)
-class RateLimit:
+class RateLimit(BaseModel):
     """A token bucket: `rate` requests per second, bursts up to `burst`."""
+
+    model_config = ConfigDict(frozen=True)
 
     rate: float
     burst: float
 
     @classmethod
-    def parse(cls, text: str, field_name: str) -> RateLimit:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*", text)
+    def from_text(cls, text: str) -> RateLimit:
+        """'50/s', '600/m', '1000/h'; ValueError (without a field) otherwise."""
+        m = _RATE.fullmatch(text)
         if m is None:
-            raise ConfigError(f"{field_name}: {text!r} is not a rate like '50/s' or '600/m'")
+            raise ValueError(f"{text!r} is not a rate like '50/s' or '600/m'")
         count = float(m.group(1))
         per = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}.get(
             m.group(2), 3600
         )
         if count <= 0:
-            raise ConfigError(f"{field_name}: {text!r} has to allow at least one request")
+            raise ValueError(f"{text!r} has to allow at least one request")
         # A burst of one second's worth (at least 1) keeps short spikes from being refused.
         return cls(rate=count / per, burst=max(1.0, count / per))
-
-
-@dataclass(frozen=True)
-class TierConfig:
-    """One tier as configured: a target utility or a raw σ, and its limits."""
-
-    name: str
-    utility: float | None = None
-    sigma: float | None = None
-    rate_limit: RateLimit | None = None
-    focus: bool = True
-    max_items: int | None = None
-
-    @classmethod
-    def parse(cls, name: str, raw: Any) -> TierConfig:
-        where = f"tiers.{name}"
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{where}: has to be a mapping like {{utility: 0.85}}")
-        unknown = set(raw) - {"utility", "sigma", "rate_limit", "focus", "max_items"}
-        if unknown:
-            raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}")
-        utility, sigma = raw.get("utility"), raw.get("sigma")
-        if (utility is None) == (sigma is None):
-            raise ConfigError(f"{where}: give exactly one of `utility` or `sigma`")
-        if utility is not None and not (
-            _is_number(utility) and 0 < float(utility) <= 1 and math.isfinite(float(utility))
-        ):
-            raise ConfigError(f"{where}.utility: {utility!r} has to be in (0, 1]")
-        if sigma is not None and not (
-            _is_number(sigma) and float(sigma) >= 0 and math.isfinite(float(sigma))
-        ):
-            raise ConfigError(f"{where}.sigma: {sigma!r} has to be a finite number >= 0")
-        rate = raw.get("rate_limit")
-        if rate is not None and not isinstance(rate, str):
-            raise ConfigError(f"{where}.rate_limit: {rate!r} has to be a string like '50/s'")
-        focus = raw.get("focus", True)
-        if not isinstance(focus, bool):
-            raise ConfigError(f"{where}.focus: {focus!r} has to be true or false")
-        max_items = raw.get("max_items")
-        if max_items is not None and not (
-            isinstance(max_items, int) and not isinstance(max_items, bool) and max_items >= 1
-        ):
-            raise ConfigError(f"{where}.max_items: {max_items!r} has to be an integer >= 1")
-        return cls(
-            name=name,
-            utility=None if utility is None else float(utility),
-            sigma=None if sigma is None else float(sigma),
-            rate_limit=None if rate is None else RateLimit.parse(rate, f"{where}.rate_limit"),
-            focus=focus,
-            max_items=max_items,
-        )
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-@dataclass(frozen=True)
-class ServiceConfig:
+class TierConfig(BaseModel):
+    """One tier as configured: a target utility or a raw σ, and its limits."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    utility: float | None = None
+    """Target agreement in (0, 1]: the share of decisions that match the full model."""
+    sigma: float | None = None
+    """Raw σ ≥ 0, instead of a utility."""
+    rate_limit: RateLimit | None = None
+    """Requests per second, minute or hour per account, e.g. '50/s'."""
+    focus: bool = True
+    """Whether this tier's callers may use focus modulation."""
+    max_items: int | None = None
+    """Most inputs in one request (the server-wide `max_items` still caps it)."""
+
+    @field_validator("utility", mode="before")
+    @classmethod
+    def _utility(cls, value: Any) -> Any:
+        if value is not None and not (
+            _is_number(value) and 0 < float(value) <= 1 and math.isfinite(float(value))
+        ):
+            raise ValueError(f"{value!r} has to be in (0, 1]")
+        return value
+
+    @field_validator("sigma", mode="before")
+    @classmethod
+    def _sigma(cls, value: Any) -> Any:
+        if value is not None and not (
+            _is_number(value) and float(value) >= 0 and math.isfinite(float(value))
+        ):
+            raise ValueError(f"{value!r} has to be a finite number >= 0")
+        return value
+
+    @field_validator("rate_limit", mode="before")
+    @classmethod
+    def _rate_limit(cls, value: Any) -> Any:
+        if value is None or isinstance(value, RateLimit):
+            return value
+        if not isinstance(value, str):
+            raise ValueError(f"{value!r} has to be a string like '50/s'")
+        return RateLimit.from_text(value)
+
+    @field_validator("focus", mode="before")
+    @classmethod
+    def _focus(cls, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise ValueError(f"{value!r} has to be true or false")
+        return value
+
+    @field_validator("max_items", mode="before")
+    @classmethod
+    def _max_items(cls, value: Any) -> Any:
+        if value is not None and not (
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        ):
+            raise ValueError(f"{value!r} has to be an integer >= 1")
+        return value
+
+    @model_validator(mode="after")
+    def _one_target(self) -> TierConfig:
+        if (self.utility is None) == (self.sigma is None):
+            raise ConfigError(f"tiers.{self.name}: give exactly one of `utility` or `sigma`")
+        return self
+
+    @classmethod
+    def parse(cls, name: str, raw: Any) -> TierConfig:
+        """One entry of the config's `tiers` mapping; ConfigError names the field."""
+        where = f"tiers.{name}"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: has to be a mapping like {{utility: 0.85}}")
+        if "name" in raw:  # the mapping's key names the tier
+            raise ConfigError(f"{where}.name: unknown field")
+        try:
+            return cls.model_validate({"name": name, **raw})
+        except ValidationError as exc:
+            raise config_error(exc, where, ConfigError) from None
+
+
+def _default_tiers() -> tuple[TierConfig, ...]:
+    return tuple(TierConfig.parse(n, r) for n, r in DEFAULT_TIERS.items())
+
+
+class ServiceConfig(BaseModel):
     """The parsed config file. Tiers are ordered from highest to lowest."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
     model: str | dict[str, Any] = "digits"
-    tiers: tuple[TierConfig, ...] = field(
-        default_factory=lambda: tuple(TierConfig.parse(n, r) for n, r in DEFAULT_TIERS.items())
-    )
+    """A shipped model's name, or a model spec mapping (see ``models/spec.py``)."""
+    tiers: tuple[TierConfig, ...] = Field(default_factory=_default_tiers)
     base_dir: Path = Path(".")
+    """The config file's folder: relative paths in the model spec resolve against it."""
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, value: Any) -> Any:
+        if not isinstance(value, str | dict):
+            raise ValueError(f"{value!r} has to be a model name or a model spec mapping")
+        return value
+
+    @field_validator("tiers", mode="before")
+    @classmethod
+    def _tiers(cls, value: Any) -> Any:
+        """The file's mapping of tier name to settings, in order; tuples pass as they are."""
+        if isinstance(value, tuple):
+            return value
+        if not isinstance(value, dict) or not value:
+            raise ValueError("has to be a non-empty mapping of tier name to settings")
+        for name in value:
+            if not isinstance(name, str) or not _TIER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid tier name ([A-Za-z0-9_.-])")
+        return tuple(TierConfig.parse(n, r) for n, r in value.items())
 
     @classmethod
     def from_dict(cls, raw: Any, base_dir: Path = Path(".")) -> ServiceConfig:
@@ -115,17 +179,10 @@ class ServiceConfig:
         unknown = set(raw) - {"model", "tiers"}
         if unknown:
             raise ConfigError(f"config: unknown field(s) {sorted(unknown)}")
-        model = raw.get("model", "digits")
-        if not isinstance(model, str | dict):
-            raise ConfigError(f"model: {model!r} has to be a model name or a model spec mapping")
-        tiers_raw = raw.get("tiers", DEFAULT_TIERS)
-        if not isinstance(tiers_raw, dict) or not tiers_raw:
-            raise ConfigError("tiers: has to be a non-empty mapping of tier name to settings")
-        for name in tiers_raw:
-            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", name):
-                raise ConfigError(f"tiers: {name!r} is not a valid tier name ([A-Za-z0-9_.-])")
-        tiers = tuple(TierConfig.parse(n, r) for n, r in tiers_raw.items())
-        return cls(model=model, tiers=tiers, base_dir=base_dir)
+        try:
+            return cls.model_validate({**raw, "base_dir": base_dir})
+        except ValidationError as exc:
+            raise config_error(exc, "", ConfigError) from None
 
     @classmethod
     def load(cls, path: Path) -> ServiceConfig:

@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from ..errors import InvalidInput, ServiceError
 from ..logs import request_id_var
+from ..validation import field_path, shown
 
 log = logging.getLogger(__name__)
 
@@ -50,28 +51,13 @@ def error_response(
     )
 
 
-def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
-    """('body', 'inputs', 0, 'image_b64') -> 'inputs[0].image_b64'."""
-    parts = [p for p in loc if p not in ("body",)]
-    out = ""
-    for p in parts:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        else:
-            out += f".{p}" if out else str(p)
-    return out or "body"
-
-
 def invalid_input(errors: list[Any]) -> InvalidInput:
     """The first pydantic error as a 422 naming its field (the count of the others appended)."""
     first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": ""}
     if first.get("type") == "json_invalid":
         return InvalidInput(f"body is not valid JSON: {first.get('msg')}", "body")
     field = field_path(tuple(first.get("loc", ())))
-    shown = repr(first.get("input"))
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
-    got = "" if first.get("type") == "missing" else f", got {shown}"
+    got = "" if first.get("type") == "missing" else f", got {shown(first.get('input'))}"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return InvalidInput(f"`{field}`: {first.get('msg', 'invalid value')}{got}{more}", field)
 
