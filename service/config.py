@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .validation import FieldError, config_error
 
@@ -57,6 +66,22 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _finite(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(float(value))
+
+
+# Per tier field: what it accepts, and the rule a refusal states.
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "utility": (lambda v: _finite(v) and 0 < float(v) <= 1, "has to be in (0, 1]"),
+    "sigma": (lambda v: _finite(v) and float(v) >= 0, "has to be a finite number >= 0"),
+    "focus": (lambda v: isinstance(v, bool), "has to be true or false"),
+    "max_items": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        "has to be an integer >= 1",
+    ),
+}
+
+
 class TierConfig(BaseModel):
     """One tier as configured: a target utility or a raw σ, and its limits."""
 
@@ -74,22 +99,12 @@ class TierConfig(BaseModel):
     max_items: int | None = None
     """Most inputs in one request (the server-wide `max_items` still caps it)."""
 
-    @field_validator("utility", mode="before")
+    @field_validator("utility", "sigma", "focus", "max_items", mode="before")
     @classmethod
-    def _utility(cls, value: Any) -> Any:
-        if value is not None and not (
-            _is_number(value) and 0 < float(value) <= 1 and math.isfinite(float(value))
-        ):
-            raise ValueError(f"{value!r} has to be in (0, 1]")
-        return value
-
-    @field_validator("sigma", mode="before")
-    @classmethod
-    def _sigma(cls, value: Any) -> Any:
-        if value is not None and not (
-            _is_number(value) and float(value) >= 0 and math.isfinite(float(value))
-        ):
-            raise ValueError(f"{value!r} has to be a finite number >= 0")
+    def _check(cls, value: Any, info: ValidationInfo) -> Any:
+        accepts, rule = _RULES[str(info.field_name)]
+        if value is not None and not accepts(value):
+            raise ValueError(f"{value!r} {rule}")
         return value
 
     @field_validator("rate_limit", mode="before")
@@ -100,22 +115,6 @@ class TierConfig(BaseModel):
         if not isinstance(value, str):
             raise ValueError(f"{value!r} has to be a string like '50/s'")
         return RateLimit.from_text(value)
-
-    @field_validator("focus", mode="before")
-    @classmethod
-    def _focus(cls, value: Any) -> Any:
-        if not isinstance(value, bool):
-            raise ValueError(f"{value!r} has to be true or false")
-        return value
-
-    @field_validator("max_items", mode="before")
-    @classmethod
-    def _max_items(cls, value: Any) -> Any:
-        if value is not None and not (
-            isinstance(value, int) and not isinstance(value, bool) and value >= 1
-        ):
-            raise ValueError(f"{value!r} has to be an integer >= 1")
-        return value
 
     @model_validator(mode="after")
     def _one_target(self) -> TierConfig:
