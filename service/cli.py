@@ -209,8 +209,6 @@ def _settings(args: argparse.Namespace) -> Settings | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from .api.app import create_app
     from .config import ConfigError, ServiceConfig
     from .keys import KeyRecord, KeysFileError, KeyStore, generate_key, hash_key
@@ -271,14 +269,9 @@ def _serve(args: argparse.Namespace) -> int:
                 f"-H 'Content-Type: application/json' -d '{body}'",
             ]
         print("\n".join(lines) + "\n", flush=True)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
+    from .server import limits_from, serve
+
+    serve(app, settings.host, settings.port, limits_from(settings))
     return 0
 
 

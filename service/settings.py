@@ -52,6 +52,15 @@ class Settings(BaseSettings):
     """Most inputs in one request, for every tier (a tier may set a lower `max_items`)."""
     max_focus_entries: int = Field(16, ge=0)
     """Most focus entries in one request."""
+    header_timeout_s: float = Field(10.0, gt=0, le=3600)
+    """A request's headers must arrive within this many seconds of its first byte (slow
+    clients are closed with 408)."""
+    max_header_bytes: int = Field(16 * 1024, ge=1024)
+    """Request line plus headers; larger gets 431."""
+    keep_alive_s: float = Field(5.0, gt=0, le=3600)
+    """Idle seconds between requests before a keep-alive connection is closed."""
+    max_requests_per_connection: int = Field(10_000, ge=1)
+    """Then the connection is closed (`connection: close` on the last answer)."""
     cache_dir: Path = Path.home() / ".cache" / "aim"
     """Where tier calibrations are cached (keyed by a hash of model and calibration inputs)."""
     torch_threads: int | None = Field(None, ge=1, le=256)

@@ -1,0 +1,210 @@
+"""The guarded uvicorn protocol on a real socket: header deadline, header size (431), refusals
+written before the body is read, the keep-alive request bound, and the overload hook."""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+
+from service.errors import Unavailable
+from service.metrics import Metrics
+from service.server import Refusal, ServerLimits, overload_refusal, protocol_class
+
+pytestmark = pytest.mark.integration
+
+
+class App:
+    """Answers 200 with the body length; counts the requests that reached it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        self.calls += 1
+        size, more = 0, True
+        while more:
+            message = await receive()
+            size += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(size).encode()})
+
+
+@contextlib.contextmanager
+def serving(app: Any, limits: ServerLimits, refuse: Any = None) -> Iterator[int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
+    config = uvicorn.Config(
+        app,
+        http=protocol_class(limits, refuse),
+        log_config=None,
+        lifespan="off",
+        timeout_keep_alive=max(1, round(limits.keep_alive_s)),
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        sock.close()
+
+
+def read_response(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    sock.settimeout(timeout)
+    chunks = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def test_an_oversized_header_gets_431_and_the_connection_closes() -> None:
+    with (
+        serving(App(), ServerLimits(max_header_bytes=4096)) as port,
+        socket.create_connection(("127.0.0.1", port)) as s,
+    ):
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+        answer = read_response(s)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 ")
+    assert orjson.loads(body)["error"]["code"] == "header_too_large"
+
+
+def test_an_unfinished_header_over_the_limit_gets_431_before_it_ends() -> None:
+    """httptools buffers a header it has not finished: the limit counts raw bytes too."""
+    with (
+        serving(App(), ServerLimits(max_header_bytes=4096)) as port,
+        socket.create_connection(("127.0.0.1", port)) as s,
+    ):
+        s.sendall(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 8192)  # no end of header
+        assert read_response(s).startswith(b"HTTP/1.1 431 ")
+
+
+def test_headers_under_the_limit_are_served() -> None:
+    with serving(App(), ServerLimits(max_header_bytes=4096)) as port:
+        r = httpx.get(f"http://127.0.0.1:{port}/", headers={"X-Mid": "a" * 3000})
+    assert r.status_code == 200
+
+
+def test_slow_header_clients_are_closed_while_others_are_served() -> None:
+    """100 connections send one header byte every 0.2 s; a 1 s header deadline closes every
+    one of them, while a normal client keeps getting answers on its own connection."""
+    slow_count = 100
+    with serving(App(), ServerLimits(header_timeout_s=1.0)) as port:
+        slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(slow_count)]
+        request = b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 200
+        closed: set[int] = set()
+        answers: list[int] = []
+
+        def normal_client() -> None:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+                for _ in range(40):
+                    answers.append(c.post("/", content=b"x" * 100).status_code)
+                    time.sleep(0.05)
+
+        worker = threading.Thread(target=normal_client)
+        worker.start()
+        for step in range(len(request)):  # far longer than the deadline: 40 s at 0.2 s a byte
+            for i, s in enumerate(slow):
+                if i in closed:
+                    continue
+                try:
+                    s.send(request[step : step + 1])
+                except OSError:
+                    closed.add(i)
+            readable, _, _ = select.select(
+                [s for i, s in enumerate(slow) if i not in closed], [], [], 0.2
+            )
+            for s in readable:
+                with contextlib.suppress(OSError):
+                    data = s.recv(4096)
+                    if not data or data.startswith(b"HTTP/1.1 408 "):
+                        closed.add(slow.index(s))
+            if len(closed) == slow_count and not worker.is_alive():
+                break
+        worker.join(timeout=30)
+        for s in slow:
+            s.close()
+    assert len(closed) == slow_count
+    assert answers and set(answers) == {200}
+
+
+def test_a_refusal_is_written_before_the_body_and_keeps_the_connection() -> None:
+    app = App()
+    seen: list[tuple[bytes, bytes]] = []
+
+    def refuse(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]]) -> Refusal | None:
+        seen.append((method, url))
+        if method == b"POST" and url.startswith(b"/busy"):
+            return Refusal(503, b'{"error": {"code": "unavailable"}}', ((b"retry-after", b"1"),))
+        return None
+
+    with (
+        serving(app, ServerLimits(), refuse) as port,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c,
+    ):
+        first = c.post("/busy?x=1", content=b"b" * 200_000)
+        second = c.post("/busy", content=b"b" * 10)
+        served = c.post("/other", content=b"b" * 10)
+    assert (first.status_code, second.status_code, served.status_code) == (503, 503, 200)
+    assert first.headers["retry-after"] == "1"
+    assert first.json()["error"]["code"] == "unavailable"
+    assert served.text == "10"  # the refused bodies did not leak into the next request
+    assert app.calls == 1
+    assert seen[0] == (b"POST", b"/busy?x=1")
+
+
+def test_a_connection_closes_after_its_request_bound() -> None:
+    with (
+        serving(App(), ServerLimits(max_requests_per_connection=2)) as port,
+        socket.create_connection(("127.0.0.1", port)) as s,
+    ):
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = read_response(s)
+    assert answer.count(b"HTTP/1.1 200 ") == 2
+    assert answer.lower().count(b"connection: close") == 1
+
+
+class FullBatcher:
+    def __init__(self) -> None:
+        self.full = True
+
+    def check_capacity(self) -> None:
+        if self.full:
+            raise Unavailable("the request queue is full, try again shortly")
+
+
+def test_the_overload_hook_refuses_only_inference_posts_while_the_queue_is_full() -> None:
+    state = type("State", (), {"batcher": FullBatcher(), "metrics": Metrics()})()
+    refuse = overload_refusal(state)
+    refused = refuse(b"POST", b"/predict?x=1", [])
+    assert refused is not None and refused.status == 503
+    assert refuse(b"POST", b"/v2/models/digits/infer", []) is not None
+    assert refuse(b"GET", b"/predict", []) is None
+    assert refuse(b"POST", b"/v2/models/digits", []) is None
+    state.batcher.full = False
+    assert refuse(b"POST", b"/predict", []) is None
+    counted = state.metrics.requests.labels("none", "/predict", "503")._value.get()
+    assert counted == 1
