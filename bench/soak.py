@@ -2,9 +2,12 @@
 full), and keep its memory flat?
 
 `aim serve` (CPU, auth on, keyed noise, gold/silver/bronze keys mixed per request) runs with a
-small queue (`--queue-size`, default 64) under `wrk` with more connections than the queue holds
-(`--connections`, default 256), so the queue fills and the server must shed load with 503. After
-a `--warmup` run (default 10 s) comes the soak proper (`--duration`, default 60 s). Every second
+small queue (`--queue-size`, default 64). First the peak: `--peak-connections` (default 32, the
+compare_servers load, which the queue absorbs) for `--peak-duration` seconds gives the 2xx/s the
+server sustains. Then `wrk` with more connections than the queue holds (`--connections`, default
+256, 8× the peak load), so the queue fills and the server must shed load with 503: after a
+`--warmup` run (default 10 s) comes the soak proper (`--duration`, default 60 s), whose 2xx/s is
+the goodput, printed as `goodput: X 2xx/s, Y of peak`. Every second
 it samples the server's resident memory (VmRSS from /proc, summed over its process group) and
 the `aim_queue_depth` gauge. Status codes come from two sides and are both reported: the wrk Lua
 script's tally (what clients saw) and the server's `aim_requests_total` counter on /predict
@@ -136,6 +139,16 @@ def soak(
             time.sleep(min(0.1, max(0.0, next_sample - time.monotonic())))
         return finish_wrk(proc, workdir / log_name, max(1.0, deadline - time.monotonic()))
 
+    peak = None
+    if args.peak_duration > 0:
+        print(
+            f"peak: {args.peak_duration:.0f} s at {args.peak_connections} connections", flush=True
+        )
+        peak_cmd = wrk_command(
+            url, duration=args.peak_duration, **{**common, "connections": args.peak_connections}
+        )
+        proc = start_wrk(peak_cmd, workdir / "wrk-peak.txt")
+        peak = finish_wrk(proc, workdir / "wrk-peak.txt", args.peak_duration + 30)
     before_warmup = settle(server)
     warm = None
     if args.warmup > 0:
@@ -160,6 +173,7 @@ def soak(
     )
     return {
         "wrk": result,
+        "peak_wrk": peak,
         "warmup_wrk": warm,
         "server_counts": delta(after, before),
         "server_counts_warmup": delta(before, before_warmup),
@@ -184,6 +198,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="soak seconds")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds of load before")
     parser.add_argument("--connections", type=int, default=256)
+    parser.add_argument("--peak-connections", type=int, default=32)
+    parser.add_argument("--peak-duration", type=float, default=20.0, help="0: no peak run")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--queue-size", type=int, default=64, help="AIM_QUEUE_SIZE")
     parser.add_argument("--max-batch-size", type=int, default=32, help="AIM_MAX_BATCH_SIZE")
@@ -254,9 +270,18 @@ def main() -> int:
     after = r["after"]
     print(f"after the soak: /readyz {after['readyz']}, /predict {after['predict']}")
 
+    peak = r["peak_wrk"]
+    share = wrk.ok_rps / peak.ok_rps if peak is not None and peak.ok_rps else None
+    if peak is not None:
+        print(
+            f"peak ({args.peak_connections} connections): {peak.ok_rps:.1f} 2xx/s, "
+            f"p99 {peak.latency_ms['p99']:.2f} ms"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     payload = {
+        "peak_wrk": peak.as_dict() if peak is not None else None,
+        "goodput_share_of_peak": round(share, 3) if share is not None else None,
         "machine": info,
         "settings": settings,
         "wrk": wrk.as_dict(),
@@ -274,6 +299,8 @@ def main() -> int:
     }
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.out}")
+    print(f"goodput: {wrk.ok_rps:.1f} 2xx/s, {share:.2f} of peak" if share is not None else
+          f"goodput: {wrk.ok_rps:.1f} 2xx/s, n/a of peak")  # fmt: skip
     print(
         f"soak: {bad} non-503 5xx, rss start {rss['start']:.1f} MiB end {rss['end']:.1f} MiB "
         f"(growth {growth:.1f}%)"

@@ -18,6 +18,7 @@ protocol, where they cost nothing on the normal path:
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,8 +44,9 @@ class Refusal:
     headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
-Refuse = Callable[[bytes, bytes, Headers], Refusal | None]
-"""(method, raw URL, headers) → a refusal, or None to serve the request normally."""
+Refuse = Callable[[bytes, bytes, Headers, dict[str, Any]], Refusal | None]
+"""(method, raw URL, headers, ASGI scope) → a refusal, or None to serve the request normally
+(the hook may mark the scope, e.g. with an admission to release when the request ends)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class ServerLimits:
     """Idle seconds between requests on a connection before it is closed."""
     max_requests_per_connection: int = 10_000
     """Then the connection is closed (spreads long-lived clients over restarts and replicas)."""
+    switch_interval_s: float = 0.0005
+    """How long a thread waiting for the GIL waits before the holder is asked to drop it."""
 
 
 class _HeaderTooLarge(Exception):
@@ -189,7 +193,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         refuse = type(self).refuse
         idle = (self.cycle is None or self.cycle.response_complete) and not self.pipeline
         if refuse is not None and idle:
-            refusal = refuse(self.parser.get_method(), self.url, self.headers)
+            refusal = refuse(self.parser.get_method(), self.url, self.headers, self.scope)  # type: ignore[arg-type]
             if refusal is not None:
                 self._refuse_now(refusal, last)
                 return
@@ -247,26 +251,39 @@ _INFER_PREFIX, _INFER_SUFFIX = b"/v2/models/", b"/infer"
 _OVERLOADED = error_body("unavailable", "the request queue is full, try again shortly")
 
 
-def overload_refusal(state: Any) -> Refuse:
-    """Refuse inference requests (POST /predict, POST /v2/models/{name}/infer) with 503 while
-    the batcher cannot take them, before their body is read: under overload a refusal then
-    costs a header parse and one write instead of a task, the middleware, routing and auth.
-    Refusals are counted in `aim_requests_total` (tier "none") and summarised in the log at
-    most once a second, not one line each."""
-    refusal = Refusal(503, _OVERLOADED, ((b"retry-after", b"1"),))
-    shed = {"count": 0, "logged_at": 0.0, "logged_count": 0}
+class OverloadGuard:
+    """Refuse inference requests (POST /predict, POST /v2/models/{name}/infer) with 503 before
+    their body is read while the server cannot take them: under overload a refusal then costs
+    a header parse and one write instead of a task, the middleware, routing and auth.
 
-    def refuse(method: bytes, url: bytes, headers: Headers) -> Refusal | None:
+    "Cannot take them" counts the requests already admitted here and not yet finished (queued,
+    in a forward pass, or on their way to the queue), not only the queue: a burst of requests
+    whose headers arrive in one loop turn would otherwise all pass a queue that is not yet full
+    and be refused later, each after the whole stack ran. Admitted requests may be up to
+    `queue_size + max_batch_size` (a full queue plus the batch in flight); below that the
+    batcher's own check (tier-aware) decides. The middleware releases the admission when the
+    request ends. Refusals are counted in `aim_requests_total` (tier "none") and summarised in
+    the log at most once a second, not one line each."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+        self.in_flight = 0
+        self.refusal = Refusal(503, _OVERLOADED, ((b"retry-after", b"1"),))
+        self.refused = 0
+        self._logged_at = 0.0
+        self._logged_count = 0
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
+    def __call__(
+        self, method: bytes, url: bytes, headers: Headers, scope: dict[str, Any]
+    ) -> Refusal | None:
         if method != b"POST":
             return None
-        batcher = getattr(state, "batcher", None)
+        batcher = getattr(self.state, "batcher", None)
         if batcher is None:
             return None
-        try:
-            batcher.check_capacity()
-            return None
-        except Exception:  # Unavailable: full or shutting down
-            pass
         path = url.split(b"?", 1)[0]
         if path == b"/predict":
             route = "/predict"
@@ -274,15 +291,23 @@ def overload_refusal(state: Any) -> Refuse:
             route = "/v2/models/{name}/infer"
         else:
             return None
-        state.metrics.observe_request("none", route, 503, 0.0)
-        shed["count"] += 1
+        settings = self.state.settings
+        if self.in_flight < settings.queue_size + settings.max_batch_size:
+            try:
+                batcher.check_capacity()
+            except Exception:  # Unavailable: full or shutting down
+                pass
+            else:
+                self.in_flight += 1
+                scope["aim.admission"] = self
+                return None
+        self.state.metrics.observe_request("none", route, 503, 0.0)
+        self.refused += 1
         now = time.monotonic()
-        if now - shed["logged_at"] >= 1.0:
-            log.warning("shedding load", extra={"refused": shed["count"] - shed["logged_count"]})
-            shed["logged_at"], shed["logged_count"] = now, shed["count"]
-        return refusal
-
-    return refuse
+        if now - self._logged_at >= 1.0:
+            log.warning("shedding load", extra={"refused": self.refused - self._logged_count})
+            self._logged_at, self._logged_count = now, self.refused
+        return self.refusal
 
 
 def limits_from(settings: Any) -> ServerLimits:
@@ -296,8 +321,12 @@ def limits_from(settings: Any) -> ServerLimits:
 
 def serve(app: Any, host: str, port: int, limits: ServerLimits) -> None:
     """Run `app` on uvicorn with the guarded protocol (and, for the AIM app, load shedding)."""
+    # The forward thread releases the GIL in every torch op and must take it back from the
+    # event loop each time; with the default 5 ms switch interval a busy loop (overload) makes
+    # each of those dozens of ops per batch wait up to 5 ms, and goodput collapses.
+    sys.setswitchinterval(limits.switch_interval_s)
     state = getattr(getattr(app, "state", None), "aim", None)
-    refuse = overload_refusal(state) if state is not None else None
+    refuse = OverloadGuard(state) if state is not None else None
     config = uvicorn.Config(
         app,
         host=host,

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +19,7 @@ import uvicorn
 
 from service.errors import Unavailable
 from service.metrics import Metrics
-from service.server import Refusal, ServerLimits, overload_refusal, protocol_class
+from service.server import OverloadGuard, Refusal, ServerLimits, protocol_class
 
 pytestmark = pytest.mark.integration
 
@@ -155,7 +156,7 @@ def test_a_refusal_is_written_before_the_body_and_keeps_the_connection() -> None
     app = App()
     seen: list[tuple[bytes, bytes]] = []
 
-    def refuse(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]]) -> Refusal | None:
+    def refuse(method: bytes, url: bytes, headers: Any, scope: Any) -> Refusal | None:
         seen.append((method, url))
         if method == b"POST" and url.startswith(b"/busy"):
             return Refusal(503, b'{"error": {"code": "unavailable"}}', ((b"retry-after", b"1"),))
@@ -196,15 +197,66 @@ class FullBatcher:
             raise Unavailable("the request queue is full, try again shortly")
 
 
-def test_the_overload_hook_refuses_only_inference_posts_while_the_queue_is_full() -> None:
-    state = type("State", (), {"batcher": FullBatcher(), "metrics": Metrics()})()
-    refuse = overload_refusal(state)
-    refused = refuse(b"POST", b"/predict?x=1", [])
+def fake_state(queue_size: int = 4, max_batch_size: int = 2) -> Any:
+    settings = type("S", (), {"queue_size": queue_size, "max_batch_size": max_batch_size})()
+    return type(
+        "State", (), {"batcher": FullBatcher(), "metrics": Metrics(), "settings": settings}
+    )()
+
+
+def test_the_overload_guard_refuses_only_inference_posts_while_the_queue_is_full() -> None:
+    state = fake_state()
+    guard = OverloadGuard(state)
+    refused = guard(b"POST", b"/predict?x=1", [], {})
     assert refused is not None and refused.status == 503
-    assert refuse(b"POST", b"/v2/models/digits/infer", []) is not None
-    assert refuse(b"GET", b"/predict", []) is None
-    assert refuse(b"POST", b"/v2/models/digits", []) is None
+    assert guard(b"POST", b"/v2/models/digits/infer", [], {}) is not None
+    assert guard(b"GET", b"/predict", [], {}) is None
+    assert guard(b"POST", b"/v2/models/digits", [], {}) is None
     state.batcher.full = False
-    assert refuse(b"POST", b"/predict", []) is None
+    scope: dict[str, Any] = {}
+    assert guard(b"POST", b"/predict", [], scope) is None
+    assert scope["aim.admission"] is guard and guard.in_flight == 1
     counted = state.metrics.requests.labels("none", "/predict", "503")._value.get()
     assert counted == 1
+
+
+def test_the_overload_guard_counts_admitted_requests_not_only_the_queue() -> None:
+    """Requests admitted but not yet queued hold their slot: past queue + batch, 503."""
+    state = fake_state(queue_size=4, max_batch_size=2)
+    state.batcher.full = False
+    guard = OverloadGuard(state)
+    scopes: list[dict[str, Any]] = [{} for _ in range(6)]
+    assert all(guard(b"POST", b"/predict", [], sc) is None for sc in scopes)
+    assert guard(b"POST", b"/predict", [], {}) is not None
+    scopes[0]["aim.admission"].release()
+    assert guard(b"POST", b"/predict", [], {}) is None
+
+
+def test_aim_serve_releases_every_admission(tmp_path: Path) -> None:
+    """A real `aim serve` whose guard admits at most 3 requests (queue 2 + batch 1): many more
+    sequential requests, answered 200, 401, 422 or 413, never leave a slot taken (a leak would
+    turn every later request into a 503)."""
+    from service.keys import create_key
+
+    from .conftest import CONFIG, start_server, stop_server
+
+    keys_file = tmp_path / "keys.yaml"
+    _, key = create_key(keys_file, "gold", "g")
+    env = {"AIM_QUEUE_SIZE": "2", "AIM_MAX_BATCH_SIZE": "1", "AIM_MAX_BODY_BYTES": "2048"}
+    server = start_server(tmp_path, CONFIG, keys_file, env)
+    try:
+        digit = [[0] * 8 for _ in range(8)]
+        good = {"X-API-Key": key}
+        statuses = []
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            for _ in range(4):
+                statuses.append(c.post("/predict", json={"inputs": [digit]}, headers=good))
+                statuses.append(c.post("/predict", json={"inputs": [digit]}))
+                statuses.append(c.post("/predict", json={"inputs": "x"}, headers=good))
+                statuses.append(c.post("/predict", content=b"x" * 4096, headers=good))
+            last = c.post("/predict", json={"inputs": [digit]}, headers=good)
+    finally:
+        stop_server(server)
+    assert [r.status_code for r in statuses[:4]] == [200, 401, 422, 413]
+    assert [r.status_code for r in statuses] == [200, 401, 422, 413] * 4
+    assert last.status_code == 200
