@@ -14,10 +14,11 @@ PORT ?= 8000
 bootstrap: $(STAMP)
 
 # Servers the integration tests run for real (Debian packages): Prometheus scrapes /metrics,
-# Redis holds shared state, nginx balances replicas. Installed once when missing, so that
-# `make test` on a fresh machine needs nothing else.
-SYSTEM_BINARIES := prometheus redis-server nginx
-SYSTEM_PACKAGES := prometheus redis-server nginx
+# Redis holds shared state, nginx balances replicas; curl runs the README's requests
+# (tests/integration/test_readme.py). Installed once when missing, so that `make test` on a
+# fresh machine needs nothing else.
+SYSTEM_BINARIES := prometheus redis-server nginx curl
+SYSTEM_PACKAGES := prometheus redis-server nginx curl
 system-deps:
 	@missing=""; for b in $(SYSTEM_BINARIES); do \
 		command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || [ -x /usr/bin/$$b ] || missing="$$missing $$b"; \
