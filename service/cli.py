@@ -33,6 +33,8 @@ EXAMPLE_DIGIT = [
     [0, 2, 14, 5, 10, 12, 0, 0],
     [0, 0, 6, 13, 10, 0, 0, 0],
 ]
+# Flag placeholders by the field name's last word (`max_wait_ms` → MS); counts are N.
+_METAVARS = {"ms": "MS", "s": "SECONDS", "bytes": "BYTES", "size": "SIZE", "threads": "N"}
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -85,7 +87,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         elif kind is Path:
             kwargs.update(type=Path, metavar="DIR" if name.endswith("_dir") else "FILE")
         elif kind in (int, float):
-            kwargs.update(type=kind, metavar=name.split("_")[-1].upper())
+            kwargs.update(type=kind, metavar=_METAVARS.get(name.split("_")[-1], "N"))
         else:  # strings, and anything richer: pydantic validates the text
             kwargs.update(metavar=name.split("_")[-1].upper())
         parser.add_argument(flag_name(name), **kwargs)
