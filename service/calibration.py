@@ -142,7 +142,7 @@ def vision_calibration(adapter: Any, model: str | dict[str, Any]) -> Calibration
     """A shipped vision model calibrates on its unlabeled calibration split; a user model has no
     calibration data."""
     from .models import calibration_inputs
-    from .models.registry import SHIPPED
+    from .models.shipped import SHIPPED
 
     if not (isinstance(model, str) and model in SHIPPED):
         return CalibrationSet(adapter.fingerprint(), None, None)

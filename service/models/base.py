@@ -13,8 +13,7 @@ import io
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -23,147 +22,14 @@ from PIL import Image
 
 from .device import resolve_device
 from .errors import InputError, describe_value
+from .spec import InputSpec, Task
 
-Task = Literal["classification", "segmentation", "generation"]
-TASKS: tuple[str, ...] = ("classification", "segmentation", "generation")
 VISION_TASKS: tuple[str, ...] = ("classification", "segmentation")
 
 # Decompression-bomb guard: refuse before decoding anything larger (the header gives the size).
 MAX_IMAGE_SIDE = 4096
 MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
-MAX_INPUT_SIDE = 4096
 _NOT_AN_IMAGE = "is not a PNG or JPEG image"
-
-
-def _number(value: Any, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{field}: {describe_value(value)} is not a number")
-    if not math.isfinite(float(value)):
-        raise ValueError(f"{field}: {value!r} is not a finite number")
-    return float(value)
-
-
-def _per_channel(value: Any, channels: int, field: str) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (_number(value, field),) * channels
-    if not isinstance(value, Sequence) or isinstance(value, str):
-        raise ValueError(f"{field}: {describe_value(value)} is not a number or a list of numbers")
-    if len(value) != channels:
-        raise ValueError(f"{field}: has {len(value)} values, expected one per channel ({channels})")
-    return tuple(_number(v, f"{field}[{i}]") for i, v in enumerate(value))
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What a model accepts: ``shape`` C×H×W, raw values in [low, high].
-
-    The network receives ``(raw / scale - mean) / std`` (mean/std per channel, if given).
-    Images are mapped linearly from pixel 0..255 to [low, high] first.
-    """
-
-    shape: tuple[int, ...]
-    low: float = 0.0
-    high: float = 1.0
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        if len(self.shape) != 3 or any(
-            isinstance(s, bool) or not isinstance(s, int) or not 0 < s <= MAX_INPUT_SIDE
-            for s in self.shape
-        ):
-            raise ValueError(f"input.shape: {self.shape!r} is not C, H, W (positive integers)")
-        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
-            raise ValueError(f"input.low, input.high: [{self.low}, {self.high}] is not a range")
-        if not (math.isfinite(self.scale) and self.scale > 0):
-            raise ValueError(f"input.scale: {self.scale!r} is not a positive number")
-        for name in ("mean", "std"):
-            values = getattr(self, name)
-            if values is not None and len(values) != self.channels:
-                raise ValueError(
-                    f"input.{name}: has {len(values)} values, expected {self.channels}"
-                )
-        if self.std is not None and any(not s > 0 for s in self.std):
-            raise ValueError(f"input.std: {self.std!r} has to be positive")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], field: str = "input") -> InputSpec:
-        """Parse a config mapping; errors name the field, e.g. "model.input.shape: ...".
-
-        Defaults: low 0, high 1, scale = high when low is 0 (so raw / scale is in [0, 1]),
-        else 1; no mean/std. Only one of mean/std given means std 1 or mean 0.
-        """
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{field}: expected a mapping with shape, low, high, mean, std, scale")
-        known = {"shape", "low", "high", "mean", "std", "scale"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"{field}.{unknown[0]}: unknown field (known: {', '.join(sorted(known))})"
-            )
-        shape = data.get("shape")
-        if (
-            not isinstance(shape, Sequence)
-            or isinstance(shape, str)
-            or len(shape) != 3
-            or any(isinstance(s, bool) or not isinstance(s, int) for s in shape)
-            or any(not 0 < s <= MAX_INPUT_SIDE for s in shape)
-        ):
-            raise ValueError(
-                f"{field}.shape: {describe_value(shape)} is not [channels, height, width] "
-                f"(positive integers up to {MAX_INPUT_SIDE})"
-            )
-        channels = int(shape[0])
-        low = _number(data.get("low", 0.0), f"{field}.low")
-        high = _number(data.get("high", 1.0), f"{field}.high")
-        if not low < high:
-            raise ValueError(f"{field}.high: {high:g} is not above low ({low:g})")
-        default_scale = high if low == 0 else 1.0
-        scale = _number(data.get("scale", default_scale), f"{field}.scale")
-        if scale <= 0:
-            raise ValueError(f"{field}.scale: {scale:g} is not positive")
-        mean = _per_channel(data.get("mean"), channels, f"{field}.mean")
-        std = _per_channel(data.get("std"), channels, f"{field}.std")
-        if std is not None and any(s <= 0 for s in std):
-            raise ValueError(f"{field}.std: {list(std)} has to be positive")
-        if mean is not None and std is None:
-            std = (1.0,) * channels
-        if std is not None and mean is None:
-            mean = (0.0,) * channels
-        return cls(tuple(int(s) for s in shape), low, high, mean, std, scale)
-
-    @property
-    def channels(self) -> int:
-        return self.shape[0]
-
-    @property
-    def accepted_shapes(self) -> tuple[tuple[int, ...], ...]:
-        """C×H×W, and H×W for one channel (a grayscale image sent as rows of numbers)."""
-        if self.channels == 1:
-            return (self.shape, self.shape[1:])
-        return (self.shape,)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "shape": list(self.shape),
-            "low": self.low,
-            "high": self.high,
-            "mean": None if self.mean is None else list(self.mean),
-            "std": None if self.std is None else list(self.std),
-            "scale": self.scale,
-        }
-
-    def normalize(self, raw: np.ndarray) -> torch.Tensor:
-        """Raw values (…×C×H×W, already checked) → the float32 CPU tensor the network takes."""
-        x = np.asarray(raw, dtype=np.float32) / np.float32(self.scale)
-        if self.mean is not None and self.std is not None:
-            mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
-            std = np.asarray(self.std, dtype=np.float32)[:, None, None]
-            x = (x - mean) / std
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
 def _field(index: Sequence[Any]) -> str:
