@@ -247,6 +247,7 @@ def protocol_class(limits: ServerLimits, refuse: Refuse | None = None) -> type[G
 # Load shedding for the AIM app -----------------------------------------------------------------
 
 _INFER_PREFIX, _INFER_SUFFIX = b"/v2/models/", b"/infer"
+_UNRANKED = 1 << 30
 # The same answer the batcher gives once a request is routed.
 _OVERLOADED = error_body("unavailable", "the request queue is full, try again shortly")
 
@@ -256,14 +257,15 @@ class OverloadGuard:
     their body is read while the server cannot take them: under overload a refusal then costs
     a header parse and one write instead of a task, the middleware, routing and auth.
 
-    "Cannot take them" counts the requests already admitted here and not yet finished (queued,
-    in a forward pass, or on their way to the queue), not only the queue: a burst of requests
-    whose headers arrive in one loop turn would otherwise all pass a queue that is not yet full
-    and be refused later, each after the whole stack ran. Admitted requests may be up to
-    `queue_size + max_batch_size` (a full queue plus the batch in flight); below that the
-    batcher's own check (tier-aware) decides. The middleware releases the admission when the
-    request ends. Refusals are counted in `aim_requests_total` (tier "none") and summarised in
-    the log at most once a second, not one line each."""
+    "Cannot take them" is the batcher's own tier-aware check at the key's tier (a full queue
+    still admits a request that displaces a lower tier's), plus a bound on the requests already
+    admitted here and not yet finished: a burst of requests whose headers arrive in one loop
+    turn would otherwise all pass a queue that is not yet full and be refused later, each after
+    the whole stack ran. While the queue is not full, admitted requests may be up to
+    `queue_size + max_batch_size` (a full queue plus the batch in flight). The middleware
+    releases the admission when the request ends. Refusals are counted in `aim_requests_total`
+    (tier "none") and `aim_shed_total` (the key's tier), and summarised in the log at most once
+    a second, not one line each."""
 
     def __init__(self, state: Any) -> None:
         self.state = state
@@ -275,6 +277,26 @@ class OverloadGuard:
 
     def release(self) -> None:
         self.in_flight -= 1
+
+    def _tier_of(self, headers: Headers) -> tuple[int, str]:
+        """The rank and name of the key's own tier (X-AIM-Tier can only lower it, so this is
+        the most the request can claim); a missing or unknown key ranks below every tier."""
+        key = b""
+        for name, value in headers:
+            if name == b"x-api-key":
+                key = value.strip()
+                break
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    key = token.strip()
+        tiers = getattr(self.state, "tiers", None)
+        if key and tiers is not None:
+            record = self.state.keys.lookup(key.decode("latin-1"))
+            if record is not None:
+                tier = tiers.resolve(record.tier, None)
+                return tier.rank, tier.name
+        return _UNRANKED, "none"
 
     def __call__(
         self, method: bytes, url: bytes, headers: Headers, scope: dict[str, Any]
@@ -292,12 +314,14 @@ class OverloadGuard:
         else:
             return None
         settings = self.state.settings
-        if self.in_flight < settings.queue_size + settings.max_batch_size:
-            try:
-                batcher.check_capacity()
-            except Exception:  # Unavailable: full or shutting down
-                pass
-            else:
+        rank, tier = self._tier_of(headers)
+        try:
+            batcher.check_capacity(rank, tier)  # tier-aware: may displace a lower tier
+        except Exception:  # Unavailable: full (nobody lower to displace) or shutting down
+            pass
+        else:
+            burst = self.in_flight >= settings.queue_size + settings.max_batch_size
+            if not burst or batcher.depth >= settings.queue_size:
                 self.in_flight += 1
                 scope["aim.admission"] = self
                 return None

@@ -1,10 +1,10 @@
 """Pure ASGI middleware (no BaseHTTPMiddleware: it costs throughput): request ids, body size
-limit, and one metrics observation plus one structured log line per request."""
+limit, and one metrics observation plus one structured log line per request (batched, see
+access_log.py)."""
 
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import re
 import time
@@ -14,9 +14,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..logs import request_id_var
 from ..metrics import Metrics
+from .access_log import AccessLog
 from .errors import error_body
 
-log = logging.getLogger("service.access")
 _RID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _UNMATCHED = "unmatched"
 
@@ -43,6 +43,7 @@ class ServiceMiddleware:
         self.metrics = metrics
         self.max_body = max_body_bytes
         self.new_id = RequestIds()
+        self.access = AccessLog()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,9 +88,9 @@ class ServiceMiddleware:
             tier = scope.get("aim.tier", "none")
             if path not in ("/metrics", "/healthz", "/readyz"):
                 self.metrics.observe_request(tier, path, status, elapsed)
-            log.info(
-                "request",
-                extra={
+            self.access.write(
+                rid,
+                {
                     "method": scope["method"],
                     "route": path,
                     "status": status,

@@ -266,9 +266,10 @@ class VisionModel:
                     (w, h),
                     f"is a {w}×{h} image, more than {MAX_IMAGE_SIDE}×{MAX_IMAGE_SIDE} pixels",
                 )
+            if image.format == "JPEG":
+                image.draft(mode, (width, height))  # decode big JPEGs at a reduced scale
+            self._check_decoded_size(image.size)
             try:
-                if image.format == "JPEG":
-                    image.draft(mode, (width, height))  # decode big JPEGs at a reduced scale
                 converted = image.convert(mode)
                 shrinking = converted.width >= width and converted.height >= height
                 resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
@@ -280,6 +281,26 @@ class VisionModel:
         spec = self.input_spec
         raw = spec.low + (spec.high - spec.low) * (pixels / 255.0)
         return spec.normalize(raw)
+
+    def max_image_side(self) -> int:
+        """The largest image side decoded for this model: 8× its input side (at least 512).
+        Decoding cost grows with the image, not with the model: 64 PNGs of 4096² in one
+        allowed body cost 2.7 s of CPU for an 8×8 model. JPEGs are checked after their
+        reduced-scale draft (up to 1/8 per side), so a large photo still fits."""
+        _, height, width = self.input_spec.shape
+        return max(8 * max(height, width), 512)
+
+    def _check_decoded_size(self, size: tuple[int, int]) -> None:
+        w, h = size
+        limit = self.max_image_side()
+        if max(w, h) > limit:
+            _, height, width = self.input_spec.shape
+            raise InputError(
+                "",
+                (w, h),
+                f"is a {w}×{h} image; this model takes {width}×{height}, so at most "
+                f"{limit}×{limit} is decoded (JPEGs up to 8× that, at a reduced scale)",
+            )
 
     # -- inference ------------------------------------------------------------------------------
 

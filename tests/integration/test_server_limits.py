@@ -189,46 +189,78 @@ def test_a_connection_closes_after_its_request_bound() -> None:
 
 
 class FullBatcher:
+    """Full of silver when `full`: admits gold (rank 0 would displace a silver), not the rest."""
+
     def __init__(self) -> None:
         self.full = True
+        self.depth = 0
+        self.asked: list[tuple[int, str]] = []
 
-    def check_capacity(self) -> None:
-        if self.full:
+    def check_capacity(self, rank: int = 0, tier: str = "") -> None:
+        self.asked.append((rank, tier))
+        if self.full and rank > 0:
             raise Unavailable("the request queue is full, try again shortly")
 
 
 def fake_state(queue_size: int = 4, max_batch_size: int = 2) -> Any:
+    from service.config import TierConfig
+    from service.keys import KeyRecord, KeyStore, hash_key
+    from service.tiers import build_tiers
+
     settings = type("S", (), {"queue_size": queue_size, "max_batch_size": max_batch_size})()
-    return type(
-        "State", (), {"batcher": FullBatcher(), "metrics": Metrics(), "settings": settings}
-    )()
+    records = [
+        KeyRecord("g", "gold", hash_key("aim_gold")),
+        KeyRecord("b", "bronze", hash_key("aim_bronze")),
+    ]
+    members = {
+        "batcher": FullBatcher(),
+        "metrics": Metrics(),
+        "settings": settings,
+        "keys": KeyStore(records),
+        "tiers": build_tiers(
+            [TierConfig(name="gold", sigma=0.0), TierConfig(name="bronze", sigma=4.0)],
+            {"gold": 0.0, "bronze": 4.0},
+        ),
+    }
+    return type("State", (), members)()
+
+
+GOLD = [(b"x-api-key", b"aim_gold")]
+BRONZE = [(b"authorization", b"Bearer aim_bronze")]
 
 
 def test_the_overload_guard_refuses_only_inference_posts_while_the_queue_is_full() -> None:
     state = fake_state()
     guard = OverloadGuard(state)
-    refused = guard(b"POST", b"/predict?x=1", [], {})
+    refused = guard(b"POST", b"/predict?x=1", BRONZE, {})
     assert refused is not None and refused.status == 503
-    assert guard(b"POST", b"/v2/models/digits/infer", [], {}) is not None
+    assert guard(b"POST", b"/v2/models/digits/infer", [], {}) is not None  # no key: lowest
+    assert state.batcher.asked == [(1, "bronze"), (1 << 30, "none")]
+    assert guard(b"POST", b"/predict", GOLD, {}) is None  # would displace a lower tier
     assert guard(b"GET", b"/predict", [], {}) is None
     assert guard(b"POST", b"/v2/models/digits", [], {}) is None
     state.batcher.full = False
     scope: dict[str, Any] = {}
     assert guard(b"POST", b"/predict", [], scope) is None
-    assert scope["aim.admission"] is guard and guard.in_flight == 1
+    assert scope["aim.admission"] is guard and guard.in_flight == 2
     counted = state.metrics.requests.labels("none", "/predict", "503")._value.get()
-    assert counted == 1
+    assert counted == 1  # the bronze refusal on /predict
 
 
 def test_the_overload_guard_counts_admitted_requests_not_only_the_queue() -> None:
-    """Requests admitted but not yet queued hold their slot: past queue + batch, 503."""
+    """Requests admitted but not yet queued hold their slot: past queue + batch, 503, unless
+    the queue is full and the batcher would displace a lower tier."""
     state = fake_state(queue_size=4, max_batch_size=2)
     state.batcher.full = False
     guard = OverloadGuard(state)
     scopes: list[dict[str, Any]] = [{} for _ in range(6)]
     assert all(guard(b"POST", b"/predict", [], sc) is None for sc in scopes)
     assert guard(b"POST", b"/predict", [], {}) is not None
+    state.batcher.depth = 4  # full: the batcher's tier check alone decides
+    assert guard(b"POST", b"/predict", GOLD, {}) is None
     scopes[0]["aim.admission"].release()
+    scopes[1]["aim.admission"].release()
+    state.batcher.depth = 0
     assert guard(b"POST", b"/predict", [], {}) is None
 
 

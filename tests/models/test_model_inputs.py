@@ -166,6 +166,25 @@ def test_decode_rejects_bad_bytes(model: VisionModel, data: bytes, reason: str) 
     assert caught.value.field == ""
 
 
+def _jpeg(side: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (side, side), 128).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_decoding_is_bounded_by_the_model_input(model: VisionModel) -> None:
+    """An 8×8 model decodes PNGs up to 512² and JPEGs whose 1/8 draft fits: a 1024² PNG is
+    refused from its header, before any pixel is decoded; a 4096² JPEG is drafted to 512²."""
+    assert model.max_image_side() == 512
+    with pytest.raises(InputError) as caught:
+        model.decode_image(_png_header_only(1024, 1024))
+    assert "at most 512×512" in caught.value.reason
+    assert model.decode_image(_png(np.zeros((512, 512), dtype=np.uint8))).shape == (1, 8, 8)
+    assert model.decode_image(_jpeg(4096)).shape == (1, 8, 8)
+    with pytest.raises(InputError, match="1024×1024 image"):
+        model.decode_image(_png(np.zeros((1024, 1024), dtype=np.uint8)))
+
+
 def test_decode_rejects_other_formats(model: VisionModel) -> None:
     buf = io.BytesIO()
     Image.new("L", (8, 8)).save(buf, format="GIF")
