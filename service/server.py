@@ -193,7 +193,11 @@ class GuardedHttpTools(HttpToolsProtocol):
         refuse = type(self).refuse
         idle = (self.cycle is None or self.cycle.response_complete) and not self.pipeline
         if refuse is not None and idle:
-            refusal = refuse(self.parser.get_method(), self.url, self.headers, self.scope)  # type: ignore[arg-type]
+            try:
+                refusal = refuse(self.parser.get_method(), self.url, self.headers, self.scope)  # type: ignore[arg-type]
+            except Exception:  # a broken hook must not turn requests into 400s: serve them
+                log.exception("refusal hook failed; serving the request")
+                refusal = None
             if refusal is not None:
                 self._refuse_now(refusal, last)
                 return
@@ -248,6 +252,17 @@ def protocol_class(limits: ServerLimits, refuse: Refuse | None = None) -> type[G
 
 _INFER_PREFIX, _INFER_SUFFIX = b"/v2/models/", b"/infer"
 _UNRANKED = 1 << 30
+
+
+def _queue_full(batcher: Any, queue_size: int) -> bool:
+    """Whether the batcher's queue is full (its `depth`, or its queue's `full()`)."""
+    depth = getattr(batcher, "depth", None)
+    if depth is not None:
+        return bool(depth >= queue_size)
+    queue = getattr(batcher, "_queue", None)
+    return bool(queue is not None and queue.full())
+
+
 # The same answer the batcher gives once a request is routed.
 _OVERLOADED = error_body("unavailable", "the request queue is full, try again shortly")
 
@@ -321,7 +336,7 @@ class OverloadGuard:
             pass
         else:
             burst = self.in_flight >= settings.queue_size + settings.max_batch_size
-            if not burst or batcher.depth >= settings.queue_size:
+            if not burst or _queue_full(batcher, settings.queue_size):
                 self.in_flight += 1
                 scope["aim.admission"] = self
                 return None

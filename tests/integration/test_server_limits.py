@@ -177,6 +177,16 @@ def test_a_refusal_is_written_before_the_body_and_keeps_the_connection() -> None
     assert seen[0] == (b"POST", b"/busy?x=1")
 
 
+def test_a_failing_refusal_hook_serves_the_request() -> None:
+    def broken(method: bytes, url: bytes, headers: Any, scope: Any) -> Refusal | None:
+        raise AttributeError("no such attribute")
+
+    app = App()
+    with serving(app, ServerLimits(), broken) as port:
+        r = httpx.post(f"http://127.0.0.1:{port}/predict", content=b"x" * 10)
+    assert (r.status_code, r.text, app.calls) == (200, "10", 1)
+
+
 def test_a_connection_closes_after_its_request_bound() -> None:
     with (
         serving(App(), ServerLimits(max_requests_per_connection=2)) as port,
