@@ -59,6 +59,10 @@ class ServerLimits:
     """Idle seconds between requests on a connection before it is closed."""
     max_requests_per_connection: int = 10_000
     """Then the connection is closed (spreads long-lived clients over restarts and replicas)."""
+    refusal_pause_s: float = 0.25
+    """After a refusal, the next request on that connection is read this much later (the 503
+    itself is sent at once): a client that ignores Retry-After cannot turn the event loop into
+    a refusal loop while admitted requests wait for it."""
     switch_interval_s: float = 0.0005
     """How long a thread waiting for the GIL waits before the holder is asked to drop it."""
 
@@ -220,6 +224,13 @@ class GuardedHttpTools(HttpToolsProtocol):
         )
         if not keep:
             self.transport.close()
+        elif self.limits.refusal_pause_s > 0:
+            self.flow.pause_reading()
+            self.loop.call_later(self.limits.refusal_pause_s, self._resume_after_refusal)
+
+    def _resume_after_refusal(self) -> None:
+        if not self.transport.is_closing():
+            self.flow.resume_reading()
 
     def on_body(self, body: bytes) -> None:
         if self._discarding:
