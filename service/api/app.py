@@ -15,7 +15,7 @@ from ..settings import Settings
 from .docs import install_docs
 from .errors import install_error_handlers
 from .middleware import ServiceMiddleware
-from .routes import info, predict, v2
+from .routes import info, openai, predict, v2
 from .state import AppState
 
 
@@ -59,12 +59,13 @@ def create_app(
         redoc_url=None,
     )
     app.state.aim = state
-    install_error_handlers(app, {"/v2": v2.error_shape})
+    install_error_handlers(app, {"/v2": v2.error_shape, "/v1": openai.error_shape})
     app.add_middleware(
         ServiceMiddleware, metrics=state.metrics, max_body_bytes=settings.max_body_bytes
     )
     app.include_router(predict.router)
     app.include_router(info.router)
     app.include_router(v2.router)
+    app.include_router(openai.router)
     install_docs(app)
     return app

@@ -181,14 +181,22 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 
 @pytest.fixture(scope="session")
 def lm_server(tiny_lm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """A real `aim serve` of the tiny causal LM (generation), gold and silver tiers."""
+    """A real `aim serve` of the tiny causal LM (generation): gold, silver and a focus-less
+    bronze tier, two keys each."""
     tmp = tmp_path_factory.mktemp("live-lm")
     config = {
         "model": {"task": "generation", "loader": "huggingface", "path": str(tiny_lm_dir)},
-        "tiers": {"gold": {"utility": 1.0}, "silver": {"sigma": 1.0}},
+        "tiers": {
+            "gold": {"utility": 1.0},
+            "silver": {"sigma": 1.0},
+            "bronze": {"sigma": 3.0, "focus": False},
+        },
     }
     keys_file = tmp / "keys.yaml"
-    keys = {t: [create_key(keys_file, t, f"lm-{t}")[1]] for t in ("gold", "silver")}
+    keys = {
+        t: [create_key(keys_file, t, f"lm-{t}-{i}")[1] for i in range(2)]
+        for t in ("gold", "silver", "bronze")
+    }
     server = start_server(tmp, config, keys_file)
     server.keys = keys
     yield server
