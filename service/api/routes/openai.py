@@ -18,9 +18,9 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from ...errors import InvalidInput, ServiceError
+from ...errors import Forbidden, InvalidInput, ServiceError
 from ..body import json_response, read_model, request_body
-from ..deps import TIER_HEADER, Caller, State, authenticate, charge, resolve_caller
+from ..deps import Caller, CurrentCaller, InferenceCaller, State
 from ..state import AppState
 from .openai_run import Run, build_request, chat_prompt, completion_prompt, error_event, start
 from .openai_schemas import ChatRequest, CompletionRequest, Envelope, model_list, usage
@@ -63,16 +63,16 @@ def error_shape(status: int, code: str, message: str, field: str | None) -> tupl
     return status, orjson.dumps(body)
 
 
-def _caller(request: Request, state: AppState) -> tuple[Caller, Any]:
-    record = authenticate(request, state)
-    model, tiers = state.require_ready()
-    if model.task != "generation":
+def _lm(caller: Caller) -> Any:
+    """The served causal LM; a vision model has no OpenAI API."""
+    runtime = caller.runtime
+    if runtime.task != "generation":
         raise NotFound(
-            f"the OpenAI API serves generation models; this server serves a {model.task} model "
-            "(POST /predict, /v2)",
+            f"the OpenAI API serves generation models; this server serves a {runtime.task} "
+            "model (POST /predict, /v2)",
             "model",
         )
-    return resolve_caller(request, record, tiers, request.headers.get(TIER_HEADER)), model.adapter
+    return runtime.adapter
 
 
 def _check_model(name: str, state: AppState) -> None:
@@ -83,18 +83,21 @@ def _check_model(name: str, state: AppState) -> None:
 
 
 @router.get("/models", responses=_RESPONSES, summary="The served model (OpenAI's model list)")
-async def list_models(request: Request, state: State) -> Response:
-    _caller(request, state)
+async def list_models(state: State, caller: CurrentCaller) -> Response:
+    _lm(caller)
     return json_response(model_list(state.name, _CREATED))
 
 
 async def _serve(
-    request: Request, state: AppState, kind: type[CompletionRequest | ChatRequest]
+    request: Request,
+    state: AppState,
+    caller: Caller,
+    kind: type[CompletionRequest | ChatRequest],
 ) -> Response:
-    """Key, tier and rate limit before the body is read (as /predict), then the answer."""
+    """The caller dependency has checked key, readiness, tier and queue; parse, then the tier
+    policy (rate limit; `logit_bias` is focus), then the answer."""
     arrived = time.perf_counter()
-    caller, lm = _caller(request, state)
-    charge(caller)
+    lm = _lm(caller)
     body = await read_model(request, kind)
     _check_model(body.model, state)
     if body.logprobs:
@@ -103,12 +106,18 @@ async def _serve(
         prompt = chat_prompt(lm, body.messages)
     else:
         prompt = completion_prompt(lm, body.prompt)
+    try:
+        caller = caller.admit(1, bool(body.logit_bias))
+    except Forbidden as exc:
+        if exc.field != "focus":
+            raise
+        raise Forbidden(f"`logit_bias`: {exc.message}", "logit_bias") from None
     return await _answer(request, state, caller, lm, body, prompt, arrived)
 
 
 def _endpoint(kind: type[CompletionRequest | ChatRequest]) -> Any:
-    async def endpoint(request: Request, state: State) -> Response:
-        return await _serve(request, state, kind)
+    async def endpoint(request: Request, state: State, caller: InferenceCaller) -> Response:
+        return await _serve(request, state, caller, kind)
 
     return endpoint
 

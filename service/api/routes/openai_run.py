@@ -18,7 +18,7 @@ import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ...errors import Forbidden, InvalidInput, ServiceError
+from ...errors import InvalidInput, ServiceError
 from ...generation import GenerationJob, Token, sampling_seed
 from ...models.causal_lm import CausalLM
 from ..deps import Caller
@@ -67,15 +67,9 @@ def completion_prompt(lm: CausalLM, prompt: str | list[str] | list[int]) -> tupl
 
 
 def _bias_focus(
-    body: CompletionRequest | ChatRequest, caller: Caller, lm: CausalLM, state: AppState
+    body: CompletionRequest | ChatRequest, lm: CausalLM, state: AppState
 ) -> tuple[Any, ...]:
     bias = body.logit_bias or {}
-    if not bias:
-        return ()
-    if not caller.tier.focus:
-        raise Forbidden(
-            f"`logit_bias`: tier {caller.tier.name!r} does not include focus", "logit_bias"
-        )
     items = []
     for token, value in bias.items():
         if not token.isdigit() or not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
@@ -103,7 +97,8 @@ def build_request(
     lm: CausalLM,
     state: AppState,
 ) -> GenerationRequest:
-    """The scheduler's request: the tier's σ and keyed seed (the same call as /predict)."""
+    """The scheduler's request, for a caller the tier policy has admitted: the tier's σ and
+    keyed seed (``caller.seed``, as /predict)."""
     body.check_n()
     if not prompt_ids:
         raise InvalidInput("`prompt`: encodes to no tokens", "prompt")
@@ -118,7 +113,7 @@ def build_request(
             f"{len(prompt_ids)}, which leaves {max(room, 0)}, but {asked or 1} were asked for",
             field,
         )
-    seed = state.keyed.row_seed(caller.key.id, caller.tier.name)
+    seed = caller.seed
     draw = sampling_seed(seed, prompt_ids)
     if body.seed is not None:  # the client's seed varies sampling, mixed with the keyed one
         digest = hashlib.sha256(f"{draw}:{body.seed}".encode()).digest()
@@ -130,7 +125,7 @@ def build_request(
         top_p=body.top_p,
         sigma=caller.tier.sigma,
         seed=seed,
-        focus=_bias_focus(body, caller, lm, state),
+        focus=_bias_focus(body, lm, state),
         sampling_seed=draw,
     )
 
