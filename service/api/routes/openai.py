@@ -18,6 +18,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from ...batching import watch_disconnect
 from ...errors import Forbidden, InvalidInput, ServiceError
 from ..body import json_response, read_model, request_body
 from ..deps import Caller, CurrentCaller, InferenceCaller, State
@@ -149,7 +150,7 @@ async def _answer(
     job_request = build_request(body, prompt, caller, lm, state)
     run = await start(state, job_request, caller, arrived, body.stops(), lm)
     envelope = Envelope(isinstance(body, ChatRequest), state.name)
-    watcher = asyncio.ensure_future(_watch(request.receive, run.job))
+    watcher = asyncio.ensure_future(watch_disconnect(request.receive, run.job.cancel))
     if body.stream:
         with_usage = bool(body.stream_options and body.stream_options.include_usage)
         stream = _stream(run, envelope, len(prompt), with_usage, watcher)
@@ -165,13 +166,6 @@ async def _answer(
     return json_response(
         envelope.whole(text, finish, None, usage(len(prompt), run.completion_tokens))
     )
-
-
-async def _watch(receive: Any, job: Any) -> None:
-    """Cancel ``job`` once the client goes away (the body has been read: next is the disconnect)."""
-    while (await receive()).get("type") != "http.disconnect":
-        pass
-    job.cancel()
 
 
 def _sse(payload: Any) -> bytes:

@@ -19,12 +19,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ...errors import InvalidInput, ServiceError
-from ...generation import GenerationJob, Token, sampling_seed
+from ...generation import GenerationJob, GenerationRequest, TextPieces, Token, sampling_seed
 from ...models.causal_lm import CausalLM
 from ..deps import Caller
 from ..schemas import FocusItem
 from ..state import AppState
-from .generate import GenerationRequest, TextPieces, token_focus
+from .generate import token_focus
 from .openai_schemas import MAX_LOGIT_BIAS, ChatMessage, ChatRequest, CompletionRequest
 
 DEFAULT_CHAT_LINE = "{Role}: {content}"
@@ -214,7 +214,7 @@ async def start(
 ) -> Run:
     """Submit and wait for the first token, so an error until then is a plain HTTP error."""
     assert state.generator is not None
-    job = state.generator.submit(request, caller.tier.name, arrived)
+    job = state.generator.submit(request, caller.tier.name, arrived, caller.tier.rank)
     tokens = job.tokens()
     try:
         first = await anext(tokens, None)
