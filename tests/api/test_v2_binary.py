@@ -192,3 +192,32 @@ def test_encode_response_without_binary_is_plain_json() -> None:
     out = OutputTensor("index", "INT64", [2], [3, 4])
     content, length = encode_response({"model_name": "m"}, [(out, False)])
     assert length is None and orjson.loads(content)["outputs"][0]["data"] == [3, 4]
+
+
+class _Raw:
+    """What tritonclient's error parser reads of a response: a status and the body."""
+
+    def __init__(self, r: Any) -> None:
+        self.status_code, self._body = r.status_code, r.content
+
+    def read(self) -> bytes:
+        return self._body
+
+
+def test_a_full_queue_is_a_503_tritonclient_can_print(
+    client: TestClient, api_keys: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tritonclient.http._utils import _get_error
+
+    from service.errors import Unavailable
+
+    runtime = client.app.state.aim.runtime  # type: ignore[attr-defined]
+
+    def full(*_args: Any) -> None:
+        raise Unavailable("the request queue is full, try again shortly")
+
+    monkeypatch.setattr(runtime, "check_capacity", full)
+    body, length = _binary_body(np.zeros((1, 8, 8), dtype=np.float32))
+    r = _post_binary(client, api_keys["gold"], body, length)
+    assert r.status_code == 503
+    assert str(_get_error(_Raw(r))) == "[503] the request queue is full, try again shortly"
