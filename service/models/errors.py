@@ -51,10 +51,6 @@ class InputError(ValueError):
             prefix = "input" if self.field == "" or self.field.startswith("[") else ""
         return f"`{prefix}{self.field}` {self.reason}"
 
-    def with_prefix(self, prefix: str) -> InputError:
-        """The same error with ``prefix`` put in front of the field, e.g. "inputs[3]"."""
-        return InputError(prefix + self.field, self.value, self.reason)
-
 
 def check_int(field: str, value: Any, low: int, high: int | None) -> None:
     """Refuse ``value`` unless it is an integer (not a bool) in [low, high]."""

@@ -98,13 +98,13 @@ def test_prepare_rejects_bad_input_naming_the_field(
     err = caught.value
     assert err.field == field
     assert reason in err.reason
-    assert err.with_prefix("inputs[3]").message() == f"`inputs[3]{field}` {err.reason}"
+    assert err.message("inputs[3]") == f"`inputs[3]{field}` {err.reason}"
     assert str(err).startswith(f"`input{field}` ")
 
 
 def test_input_error_message_format() -> None:
     err = InputError("", (7, 8), "has shape (7, 8), expected (8, 8)")
-    assert str(err.with_prefix("inputs[0]")) == "`inputs[0]` has shape (7, 8), expected (8, 8)"
+    assert err.message("inputs[0]") == "`inputs[0]` has shape (7, 8), expected (8, 8)"
     assert err.value == (7, 8)
 
 
