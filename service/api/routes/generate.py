@@ -1,11 +1,11 @@
 """`POST /predict` for generation models: validate, queue on the scheduler, answer JSON or SSE.
 
-`predict` has authenticated the key, resolved the tier and charged the rate limit; this module
-turns the body into a :class:`GenerationRequest` (tier policy and every refusal first, naming the
-field), submits it, and answers either at once with the whole text or as `text/event-stream`:
-one `data: {"token": id, "text": piece}` per token, a final `data: {"finish_reason": ..., "text":
-full text}`, then `data: [DONE]`. Both carry the same text. A client that goes away cancels its
-row, so it stops costing decoding steps.
+The caller dependency has authenticated the key and resolved the tier; this module turns the body
+into a :class:`GenerationRequest` (the tier policy, rate limit included, and every refusal first,
+naming the field), submits it, and answers either at once with the whole text or as
+`text/event-stream`: one `data: {"token": id, "text": piece}` per token, a final
+`data: {"finish_reason": ..., "text": full text}`, then `data: [DONE]`. Both carry the same text.
+A client that goes away cancels its row, so it stops costing decoding steps.
 """
 
 from __future__ import annotations
