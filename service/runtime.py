@@ -85,18 +85,21 @@ class Runtime:
             self.batcher = Batcher(self.engine.run, **queue)
             self.batcher.start()
 
+    @property
+    def worker(self) -> Batcher[Any] | GenerationScheduler | None:
+        """The one that serves requests, once started: the batcher or the generation scheduler."""
+        return self.batcher if self.batcher is not None else self.generator
+
     def check_capacity(self, rank: int = 0, tier: str = "") -> None:
         """``Unavailable`` (503) at once when the queue is full with nobody of a lower tier than
         ``rank`` to displace, so a request is refused before its body is read."""
-        worker = self.batcher if self.batcher is not None else self.generator
-        if worker is not None:
-            worker.check_capacity(rank, tier)
+        if self.worker is not None:
+            self.worker.check_capacity(rank, tier)
 
     @property
     def alive(self) -> bool:
         """The worker that serves requests runs."""
-        worker = self.batcher if self.batcher is not None else self.generator
-        return worker is not None and worker.alive
+        return self.worker is not None and self.worker.alive
 
     async def stop(self) -> None:
         if self.batcher is not None:

@@ -16,7 +16,6 @@ from typing import Any
 
 from ..batching import Batcher
 from ..config import ServiceConfig
-from ..engine import Engine
 from ..errors import Unavailable
 from ..generation import GenerationScheduler
 from ..keys import KeyStore
@@ -106,10 +105,6 @@ class AppState:
     @property
     def batcher(self) -> Batcher[Any] | None:
         return self.runtime.batcher if self.runtime is not None else None
-
-    @property
-    def engine(self) -> Engine | None:
-        return self.runtime.engine if self.runtime is not None else None
 
     @property
     def generator(self) -> GenerationScheduler | None:
