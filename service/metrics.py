@@ -38,6 +38,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._wait_children: dict[str, Any] = {}
         r = self.registry
         self.requests = Counter(
             "aim_requests", "Requests answered", ["tier", "route", "status"], registry=r
@@ -110,8 +111,12 @@ class Metrics:
         self.batch_size.observe(rows)
         self.forward.observe(forward_s)
         self.modulation.observe(modulation_s)
-        for tier, wait in waits:
-            self.queue_wait.labels(tier).observe(wait)
+        children = self._wait_children
+        for tier, wait in waits:  # one labelled child per tier, looked up once
+            child = children.get(tier)
+            if child is None:
+                child = children[tier] = self.queue_wait.labels(tier)
+            child.observe(wait)
 
     @_safe
     def set_queue_depth(self, depth: int) -> None:
