@@ -4,11 +4,12 @@ by the header deadline, and do the other clients keep their latency meanwhile?
 Starts `aim serve` (auth, keyed noise, three tiers; `AIM_HEADER_TIMEOUT_S`, default 10 s), runs
 `wrk` (`--connections`, default 16) alone for `--baseline` seconds, then again for `--duration`
 seconds (default 60) while `--slow` connections (default 300) each send one byte of a request
-header every `--interval` seconds (default 1). Reports how many slow connections the server
-closed and after how long, and wrk's 2xx/s and latency alone and under the slow clients:
+header every `--interval` seconds (default 1), each one the server closes replaced at once.
+Reports how many slow connections the server closed and how long they had lived, and wrk's
+2xx/s and latency alone and under the slow clients:
 
-    slow clients: N of M closed by the server (after A–B s); normal clients p99 X ms alone,
-    Y ms with the slow clients
+    slow clients: M held for D s, N closed by the server (each after A–B s); normal clients
+    p99 X ms alone, Y ms with the slow clients
 
     python bench/slowloris.py [--slow 300] [--interval 1] [--duration 60] [--header-timeout 10]
 """
@@ -47,45 +48,42 @@ SLOW_REQUEST = b"POST /predict HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * 4096
 
 
 def slow_clients(port: int, count: int, interval: float, duration: float) -> dict[str, Any]:
-    """`count` connections sending one header byte every `interval` s for `duration` s; the
-    seconds after which the server closed each one (None: still open at the end)."""
+    """`count` connections sending one header byte every `interval` s for `duration` s; one
+    the server closes is replaced at once by a new one (an attacker keeps its count up), so
+    `count` slow connections press on the server throughout. Returns how many the server
+    closed and how long each had lived."""
+    started = time.monotonic()
     socks = [socket.create_connection((HOST, port)) for _ in range(count)]
-    opened = time.monotonic()
-    closed_after: list[float | None] = [None] * count
-    step = 0
-    try:
-        while time.monotonic() - opened < duration and None in closed_after:
-            for i, s in enumerate(socks):
-                if closed_after[i] is None:
-                    try:
-                        s.send(
-                            SLOW_REQUEST[step % len(SLOW_REQUEST) : step % len(SLOW_REQUEST) + 1]
-                        )
-                    except OSError:
-                        closed_after[i] = time.monotonic() - opened
-            step += 1
-            tick = time.monotonic() + interval
-            while (left := tick - time.monotonic()) > 0:
-                live = [s for i, s in enumerate(socks) if closed_after[i] is None]
-                if not live:
-                    break
-                readable, _, _ = select.select(live, [], [], left)
-                for s in readable:
-                    i = socks.index(s)
-                    with contextlib.suppress(OSError):
-                        data = s.recv(4096)
-                        if data and not data.startswith(b"HTTP/1.1 408 "):
-                            continue
-                    closed_after[i] = time.monotonic() - opened
-    finally:
-        for s in socks:
-            s.close()
-    done = [t for t in closed_after if t is not None]
+    born = [started] * count
+    sent = [0] * count
+    lifetimes: list[float] = []
+    while time.monotonic() - started < duration:
+        for i, s in enumerate(socks):
+            try:
+                s.send(SLOW_REQUEST[sent[i] % len(SLOW_REQUEST) :][:1])
+                sent[i] += 1
+            except OSError:
+                pass  # closed under us: seen by the select below
+        tick = time.monotonic() + interval
+        while (left := tick - time.monotonic()) > 0:
+            readable, _, _ = select.select(socks, [], [], left)
+            for s in readable:
+                i = socks.index(s)
+                with contextlib.suppress(OSError):
+                    data = s.recv(4096)
+                    if data and not data.startswith(b"HTTP/1.1 408 "):
+                        continue
+                lifetimes.append(time.monotonic() - born[i])
+                s.close()
+                socks[i] = socket.create_connection((HOST, port))
+                born[i], sent[i] = time.monotonic(), 0
+    for s in socks:
+        s.close()
     return {
-        "opened": count,
-        "closed_by_server": len(done),
-        "closed_after_s": [round(min(done), 2), round(max(done), 2)] if done else None,
-        "bytes_sent_each": step,
+        "slow_connections": count,
+        "closed_by_server": len(lifetimes),
+        "lifetime_s": [round(min(lifetimes), 2), round(max(lifetimes), 2)] if lifetimes else None,
+        "still_open_at_end": count,
     }
 
 
@@ -158,14 +156,16 @@ def main() -> int:
             f"{name:>18}: {r.ok_rps:.1f} 2xx/s, p50 {lat['p50']:.2f} ms, "
             f"p99 {lat['p99']:.2f} ms, non-2xx {r.non_2xx}"
         )
-    span = result.get("closed_after_s")
-    when = f"after {span[0]:.1f}–{span[1]:.1f} s" if span else "none closed"
+    span = result.get("lifetime_s")
+    when = f"each after {span[0]:.1f}–{span[1]:.1f} s" if span else "none closed"
+    closed = result.get("closed_by_server", 0)
     print(
-        f"slow clients: {result.get('closed_by_server', 0)} of {args.slow} closed by the "
+        f"slow clients: {args.slow} held for {args.duration:.0f} s, {closed} closed by the "
         f"server ({when}); normal clients p99 {alone.latency_ms['p99']:.2f} ms alone, "
         f"{under.latency_ms['p99']:.2f} ms with the slow clients"
     )
-    return 0 if result.get("closed_by_server") == args.slow else 1
+    lived_too_long = span is not None and span[1] > args.header_timeout + 2 * args.interval
+    return 0 if closed >= args.slow and not lived_too_long else 1
 
 
 if __name__ == "__main__":

@@ -59,10 +59,12 @@ class ServerLimits:
     """Idle seconds between requests on a connection before it is closed."""
     max_requests_per_connection: int = 10_000
     """Then the connection is closed (spreads long-lived clients over restarts and replicas)."""
-    refusal_pause_s: float = 0.25
+    refusal_pause_s: float = 1.0
     """After a refusal, the next request on that connection is read this much later (the 503
-    itself is sent at once): a client that ignores Retry-After cannot turn the event loop into
-    a refusal loop while admitted requests wait for it."""
+    itself is sent at once, with `Retry-After: 1`, the same second): a client that ignores
+    Retry-After cannot turn the event loop into a refusal loop while admitted requests wait.
+    On this machine every answer costs about the same (kernel, wrk, parsing), so refusals
+    otherwise take goodput from admitted requests one for one."""
     switch_interval_s: float = 0.0005
     """How long a thread waiting for the GIL waits before the holder is asked to drop it."""
 
