@@ -18,7 +18,7 @@ import torch
 from ..models.errors import InputError
 from ..modulation import BatchModulation, NoiseSource, focus_field, modulate
 from .request import FinishReason, GenerationRequest, GenerationResult, TokenEvent
-from .sampling import choose_tokens
+from .sampling import choose_tokens, sampling_temperature, sampling_top_p
 
 if TYPE_CHECKING:
     from ..models.causal_lm import CausalLM
@@ -80,13 +80,12 @@ class DecodeBatch:
         self._sigma = torch.tensor([r.sigma for r in self.requests], dtype=torch.float32)
         self._seeds = torch.tensor([r.seed for r in self.requests], dtype=torch.int64)
         self._focus = focus_field([r.focus for r in self.requests], lm.vocab_size, device=device)
-        self._temperature = torch.tensor(
-            [r.temperature for r in self.requests], dtype=torch.float32, device=device
-        )
-        self._top_p = torch.tensor([r.top_p for r in self.requests], dtype=torch.float32)
+        temperature = [sampling_temperature(r.temperature) for r in self.requests]
+        self._temperature = torch.tensor(temperature, dtype=torch.float32, device=device)
+        self._top_p = torch.tensor([sampling_top_p(r.top_p) for r in self.requests])
         self._generators = [
-            torch.Generator().manual_seed(r.sampling_seed) if r.temperature > 0 else None
-            for r in self.requests
+            torch.Generator().manual_seed(r.sampling_seed) if t > 0 else None
+            for r, t in zip(self.requests, temperature, strict=True)
         ]
         self._tokens: list[list[int]] = [[] for _ in range(n)]
         self._finish: list[FinishReason | None] = [None] * n

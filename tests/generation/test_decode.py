@@ -214,3 +214,14 @@ def test_rows_cancelled_before_the_first_step_never_run(lm: CausalLM) -> None:
     batch.cancel(1)
     assert batch.done and batch.step() == [None, None]
     assert [r.token_ids for r in batch.results()] == [(), ()]
+
+
+@pytest.mark.parametrize(("field", "value"), [("top_p", 1e-300), ("temperature", 1e-38)])
+def test_float32_edge_knobs_decode_greedily(lm: CausalLM, field: str, value: float) -> None:
+    knobs: dict[str, Any] = {"temperature": 1.0, field: value}
+    prompts = PROMPTS[:3]
+    edge = [ask(lm, p, max_new_tokens=12, sampling_seed=i, **knobs) for i, p in enumerate(prompts)]
+    greedy = [ask(lm, p, max_new_tokens=12) for p in prompts]
+    assert [r.token_ids for r in generate(lm, edge, FreshNoise())] == [
+        r.token_ids for r in generate(lm, greedy, FreshNoise())
+    ]
