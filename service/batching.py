@@ -4,7 +4,8 @@
 first (rank 0 is the highest tier), and when it is full a request of a higher tier displaces the
 newest request of the lowest tier waiting (that one gets 503 with ``Retry-After``); a request
 that could displace nobody is refused at once. :func:`collect_batch` is batching as a free
-function over that queue. :class:`Worker` is what the vision :class:`Batcher` and the generation
+function over that queue, and :func:`take_ready` takes what fits without waiting (rows joining
+a running decode batch). :class:`Worker` is what the vision :class:`Batcher` and the generation
 scheduler share: the queue, one worker thread off the event loop, the accept flag, start, the
 capacity check before a body is parsed, and a stop that drains what was accepted.
 """
@@ -147,6 +148,30 @@ async def collect_batch(queue: TierQueue[T], max_rows: int, max_wait: float) -> 
         batch.append(nxt)
         rows += nxt.item.rows
     return batch
+
+
+def take_ready(
+    queue: TierQueue[T], max_rows: int, max_tokens: int, cost: Callable[[T], int]
+) -> list[Pending[T]]:
+    """Take what is waiting now (never wait), highest tiers first, while it fits: at most
+    `max_rows` rows and `max_tokens` of ``cost``. The first item taken may exceed `max_tokens`
+    alone, so a large request is never starved by a stream of small ones; the item that does
+    not fit keeps its place at the head of its tier."""
+    taken: list[Pending[T]] = []
+    rows = tokens = 0
+    while True:
+        try:
+            nxt = queue.get_nowait()
+        except asyncio.QueueEmpty:
+            break
+        more = cost(nxt.item)
+        if rows + nxt.item.rows > max_rows or (taken and tokens + more > max_tokens):
+            queue.push_front(nxt)
+            break
+        taken.append(nxt)
+        rows += nxt.item.rows
+        tokens += more
+    return taken
 
 
 class Worker(Generic[T]):

@@ -5,13 +5,17 @@ step: ``z' = z + σ·ε`` (utility) and ``z'_t += s·λ·|η|`` for focused toke
 (temperature 0) or top-p sampling (:mod:`.sampling`) picks the next token from ``z'``. Keyed noise
 is a function of the logit vector, and the logits of a step are a function of the prefix, so the
 same request gets the same noise at every step and the same text, whatever its batch-mates.
+
+Rows may join a running batch (:meth:`DecodeBatch.add`, continuous batching): at the next step
+they are prefilled on their own and their cache is merged into the running one, both left-padded
+to one width; rows that end leave the cache, and padding no row needs any more is cut.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -41,15 +45,27 @@ def stream(
     return DecodeBatch(lm, requests, source).events()
 
 
+class _Rows(NamedTuple):
+    """The knobs of the rows in the cache, in cache order (rebuilt when rows join or leave)."""
+
+    sigma: torch.Tensor
+    seeds: torch.Tensor
+    focus: torch.Tensor | None
+    temperature: torch.Tensor
+    top_p: torch.Tensor
+    generators: list[torch.Generator | None]
+
+
 class DecodeBatch:
     """Several sequences decoded together, one token per :meth:`step`, with one KV cache.
 
     Prompts are left-padded (positions count real tokens only, as in ``transformers``'
     ``generate``), so every row's next-token logits sit in the last column. Each step runs one
-    forward pass over the running rows, one :func:`modulate` call with each row's σ, keyed seed
-    and focus field, then greedy or top-p selection per row's temperature. A row finishes at EOS
-    (when ``stop_on_eos``) or when its budget is spent, and leaves the cache; :meth:`cancel` ends
-    a row between steps (its client went away), so it costs nothing from the next step on.
+    forward pass over the running rows (and one prefill for rows that joined), one
+    :func:`modulate` call with each row's σ, keyed seed and focus field, then greedy or top-p
+    selection per row's temperature. A row finishes at EOS (when ``stop_on_eos``) or when its
+    budget is spent, and leaves the cache; :meth:`cancel` ends a row between steps (its client
+    went away), so it costs nothing from the next step on.
     """
 
     def __init__(
@@ -57,60 +73,78 @@ class DecodeBatch:
     ) -> None:
         if not requests:
             raise InputError("requests", [], "has to hold at least one request")
-        for i, r in enumerate(requests):
-            if not isinstance(r, GenerationRequest):
-                raise InputError(f"requests[{i}]", r, "has to be a GenerationRequest")
-            bad = [t for t in r.prompt_ids if t >= lm.vocab_size]
-            if bad:
-                raise InputError(
-                    "prompt_ids", bad[0], f"has to hold token ids below {lm.vocab_size}"
-                )
-            if len(r.prompt_ids) + r.max_new_tokens > lm.max_context:
-                raise InputError(
-                    "max_new_tokens",
-                    r.max_new_tokens,
-                    f"plus the prompt's {len(r.prompt_ids)} tokens has to fit the model's "
-                    f"context of {lm.max_context} tokens",
-                )
         self.lm = lm
-        self.requests = list(requests)
         self.source = source
-        n = len(self.requests)
-        device = lm.device
-        self._sigma = torch.tensor([r.sigma for r in self.requests], dtype=torch.float32)
-        self._seeds = torch.tensor([r.seed for r in self.requests], dtype=torch.int64)
-        self._focus = focus_field([r.focus for r in self.requests], lm.vocab_size, device=device)
-        temperature = [sampling_temperature(r.temperature) for r in self.requests]
-        self._temperature = torch.tensor(temperature, dtype=torch.float32, device=device)
-        self._top_p = torch.tensor([sampling_top_p(r.top_p) for r in self.requests])
-        self._generators = [
-            torch.Generator().manual_seed(r.sampling_seed) if t > 0 else None
-            for r, t in zip(self.requests, temperature, strict=True)
-        ]
-        self._tokens: list[list[int]] = [[] for _ in range(n)]
-        self._finish: list[FinishReason | None] = [None] * n
-        self._active = torch.arange(n)  # batch rows still running, in cache order
+        self.requests: list[GenerationRequest] = []
+        self._generators: list[torch.Generator | None] = []
+        self._tokens: list[list[int]] = []
+        self._finish: list[FinishReason | None] = []
+        self._active = torch.zeros(0, dtype=torch.long)  # rows in the cache, in cache order
+        self._joining: list[int] = []  # rows added and not prefilled yet
+        self._rows: _Rows | None = None
         self._cache: Any = None
         self._mask: torch.Tensor | None = None  # A×T attention mask of the cached tokens
         self._positions: torch.Tensor | None = None  # A, position of each row's last token
         self._last: torch.Tensor | None = None  # A, each row's last token
         self.forward_seconds = 0.0
-        """Time of the last step's forward pass."""
+        """Time of the last step's forward passes."""
         self.modulation_seconds = 0.0
         """Time of the last step's modulation and token choice."""
+        self.add(requests)
+
+    def add(self, requests: Sequence[GenerationRequest]) -> list[int]:
+        """Rows for ``requests``, which join at the next step. Refuses all of them (an
+        :class:`InputError` naming the field) if one is malformed or does not fit the context."""
+        if not self.can_join:
+            raise InputError(
+                "requests", len(requests), "cannot join: this model's KV cache does not merge"
+            )
+        for i, r in enumerate(requests):
+            self._check(i, r)
+        rows = list(range(len(self.requests), len(self.requests) + len(requests)))
+        for r in requests:
+            self.requests.append(r)
+            sampled = sampling_temperature(r.temperature) > 0
+            self._generators.append(
+                torch.Generator().manual_seed(r.sampling_seed) if sampled else None
+            )
+            self._tokens.append([])
+            self._finish.append(None)
+        self._joining += rows
+        return rows
+
+    def _check(self, i: int, r: GenerationRequest) -> None:
+        lm = self.lm
+        if not isinstance(r, GenerationRequest):
+            raise InputError(f"requests[{i}]", r, "has to be a GenerationRequest")
+        bad = [t for t in r.prompt_ids if t >= lm.vocab_size]
+        if bad:
+            raise InputError("prompt_ids", bad[0], f"has to hold token ids below {lm.vocab_size}")
+        if len(r.prompt_ids) + r.max_new_tokens > lm.max_context:
+            raise InputError(
+                "max_new_tokens",
+                r.max_new_tokens,
+                f"plus the prompt's {len(r.prompt_ids)} tokens has to fit the model's "
+                f"context of {lm.max_context} tokens",
+            )
 
     @property
     def done(self) -> bool:
         """Every row has finished."""
-        return self._active.numel() == 0
+        return self._active.numel() == 0 and not self._joining
 
     @property
     def size(self) -> int:
         return len(self.requests)
 
+    @property
+    def width(self) -> int:
+        """Tokens per row in the cache (the longest row, padding included)."""
+        return 0 if self._mask is None else int(self._mask.shape[1])
+
     def running(self) -> list[int]:
-        """Rows still decoding."""
-        return [int(i) for i in self._active]
+        """Rows still decoding (those in the cache, then those about to join)."""
+        return [*self._active.tolist(), *self._joining]
 
     def finish_reason(self, row: int) -> FinishReason | None:
         return self._finish[row]
@@ -123,11 +157,24 @@ class DecodeBatch:
         if self._finish[row] is not None:
             return
         self._finish[row] = "cancelled"
-        keep = self._active != row
-        if self._cache is None:  # not prefilled yet: nothing cached to cut
-            self._active = self._active[keep]
+        if row in self._joining:  # not prefilled yet: nothing cached to cut
+            self._joining.remove(row)
         else:
-            self._drop(keep)
+            self._drop(self._active != row)
+
+    def cancel_all(self) -> None:
+        """End every running row (after a failed step: the cache is not trusted any more)."""
+        for row in self.running():
+            self._finish[row] = "cancelled"
+        self._active = torch.zeros(0, dtype=torch.long)
+        self._joining = []
+        self._rows = None
+        self._cache = self._mask = self._positions = self._last = None
+
+    @property
+    def can_join(self) -> bool:
+        """New rows may :meth:`add` into the running batch (the model's cache merges)."""
+        return self._cache is None or self.lm.cache_merges(self._cache)
 
     def tokens(self, row: int) -> list[int]:
         """Tokens ``row`` has produced so far (EOS included if it stopped on one)."""
@@ -192,52 +239,77 @@ class DecodeBatch:
         return chosen
 
     def _forward(self) -> torch.Tensor:
-        """Logits A×V (float32) of the next token of every running row."""
-        lm, device = self.lm, self.lm.device
-        if self._cache is None:  # prefill: left-padded prompts
-            prompts = [self.requests[row].prompt_ids for row in self._active.tolist()]
-            width = max(len(p) for p in prompts)
-            ids = torch.full((len(prompts), width), lm.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(prompts), width), dtype=torch.long)
-            for i, p in enumerate(prompts):
-                ids[i, width - len(p) :] = torch.tensor(p)
-                mask[i, width - len(p) :] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            positions = (mask.cumsum(dim=1) - 1).clamp_min(0)
-        else:
+        """Logits A×V (float32) of the next token of every row in the cache, joiners last."""
+        parts = []
+        if self._active.numel():
             assert self._mask is not None and self._positions is not None
             assert self._last is not None
             ids = self._last[:, None]
             mask = torch.cat([self._mask, self._mask.new_ones(ids.shape)], dim=1)
-            positions = (self._positions + 1)[:, None]
-        logits, self._cache = lm.next_logits(ids, mask, positions, self._cache)
-        self._mask = mask
-        self._positions = positions[:, -1]
+            positions = self._positions + 1
+            logits, self._cache = self.lm.next_logits(ids, mask, positions[:, None], self._cache)
+            self._mask, self._positions = mask, positions
+            parts.append(logits)
+        if self._joining:
+            parts.append(self._prefill(self._joining))
+            self._joining = []
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _prefill(self, rows: list[int]) -> torch.Tensor:
+        """Run the left-padded prompts of ``rows`` and merge their cache into the batch's."""
+        device = self.lm.device
+        prompts = [self.requests[row].prompt_ids for row in rows]
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.lm.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(dim=1) - 1).clamp_min(0)
+        logits, cache = self.lm.next_logits(ids, mask, positions, None)
+        new_rows = torch.tensor(rows, dtype=torch.long)
+        if self._cache is None:
+            self._cache, self._mask, self._active = cache, mask, new_rows
+            self._positions = positions[:, -1]
+        else:
+            assert self._mask is not None and self._positions is not None
+            self._cache = self.lm.merge_caches(self._cache, cache)
+            width = max(self.width, int(mask.shape[1]))
+            self._mask = torch.cat([_pad_left(self._mask, width), _pad_left(mask, width)])
+            self._positions = torch.cat([self._positions, positions[:, -1]])
+            self._active = torch.cat([self._active, new_rows])
+        self._rows = None
         return logits
 
     def _select(self, logits: torch.Tensor) -> torch.Tensor:
         """Modulate the running rows' logits in one call, then pick each row's next token."""
-        active = self._active
-        focus = None
-        if self._focus is not None:
-            focus = self._focus.index_select(0, active.to(self._focus.device))
-        params = BatchModulation(
-            sigma=self._sigma.index_select(0, active),
-            seeds=self._seeds.index_select(0, active),
-            focus=focus,
-        )
+        rows = self._row_knobs()
+        params = BatchModulation(sigma=rows.sigma, seeds=rows.seeds, focus=rows.focus)
         z = modulate(logits, params, self.source)
-        return choose_tokens(
-            z,
-            self._temperature.index_select(0, active.to(self._temperature.device)),
-            self._top_p.index_select(0, active),
-            [self._generators[row] for row in active.tolist()],
-        )
+        return choose_tokens(z, rows.temperature, rows.top_p, rows.generators)
+
+    def _row_knobs(self) -> _Rows:
+        if self._rows is None:
+            requests = [self.requests[row] for row in self._active.tolist()]
+            device = self.lm.device
+            self._rows = _Rows(
+                sigma=torch.tensor([r.sigma for r in requests], dtype=torch.float32),
+                seeds=torch.tensor([r.seed for r in requests], dtype=torch.int64),
+                focus=focus_field([r.focus for r in requests], self.lm.vocab_size, device=device),
+                temperature=torch.tensor(
+                    [sampling_temperature(r.temperature) for r in requests], device=device
+                ),
+                top_p=torch.tensor([sampling_top_p(r.top_p) for r in requests]),
+                generators=[self._generators[row] for row in self._active.tolist()],
+            )
+        return self._rows
 
     def _drop(self, keep: torch.Tensor) -> None:
-        """Remove finished rows from the cache and the per-row state."""
+        """Remove ended rows from the cache and the per-row state, then padding nobody needs."""
         self._active = self._active[keep]
-        if self.done:
+        self._rows = None
+        if self._active.numel() == 0:
             self._cache = self._mask = self._positions = self._last = None
             return
         index = keep.nonzero().flatten().to(self.lm.device)
@@ -246,3 +318,11 @@ class DecodeBatch:
         self._positions = self._positions.index_select(0, index)
         self._last = self._last.index_select(0, index)
         self._cache = self.lm.select_cache(self._cache, index)
+        start = int(self._mask.any(dim=0).to(torch.int8).argmax())  # the first column in use
+        if start > 0:
+            self._mask = self._mask[:, start:]
+            self._cache = self.lm.trim_cache(self._cache, start)
+
+
+def _pad_left(mask: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(mask, (width - int(mask.shape[1]), 0))

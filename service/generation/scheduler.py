@@ -1,125 +1,50 @@
 """The generation scheduler: concurrent requests decode together, tokens stream back as they come.
 
-Static batching. The scheduler takes the waiting requests (up to ``max_rows``, waiting at most
-``max_wait`` for more once it has one), runs one :class:`DecodeBatch` over them to the end on a
-worker thread, then takes the next batch. Every row has its own σ, keyed seed, focus, temperature,
-top-p and sampling seed, so one forward pass per step serves any mix of keys and tiers. Each token
-goes from the worker thread to its request's asyncio queue (``call_soon_threadsafe``) as soon as its
-step is done, so a stream sees tokens one by one; a row whose client went away is cancelled
-before the next step and stops costing compute. Requests that arrive while a batch decodes wait
-for the next one (continuous batching, joining a running batch, is not done: see
-docs/GENERATION.md).
+Continuous batching. The scheduler keeps one :class:`DecodeBatch` running on its worker thread,
+one step per executor call. Between two steps it admits waiting requests into the running batch
+(:func:`take_ready`: highest tiers first, at most ``max_rows`` rows, and at most ``token_budget``
+tokens computed in the step: one per running row plus each joiner's prompt), so a new request
+waits for one step, not for a whole batch; rows that finish or whose client went away leave the
+batch. When nothing runs, it waits for a request, then up to ``max_wait`` for more, as the vision
+batcher does. ``continuous=False`` gives static batching (a batch runs to its end before the next
+is taken), kept for comparison (``bench/generation.py``) and for models whose KV cache cannot be
+merged (:meth:`CausalLM.cache_merges`).
 
-The waiting queue is bounded: a full queue answers 503 at once. ``stop`` stops accepting, lets
-accepted requests finish (bounded by a timeout), then ends what is left with a 503.
+Every row has its own σ, keyed seed, focus, temperature, top-p and sampling seed, so one forward
+pass per step serves any mix of keys and tiers, and a request's text does not depend on its
+batch-mates. Each token goes from the worker thread to its job's asyncio queue
+(``call_soon_threadsafe``) as soon as its step is done. The waiting queue is the worker base's
+tier queue: bounded, higher tiers first, the lowest tier shed first. ``stop`` stops accepting,
+lets accepted requests finish (bounded by a timeout), then ends what is left with a 503.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..batching import Pending, Worker, collect_batch
+from ..batching import Pending, Worker, collect_batch, take_ready
 from ..engine import InferenceFailed
 from ..errors import Unavailable
 from ..metrics import Metrics
 from ..modulation import NoiseSource
 from .decode import DecodeBatch
-from .request import MAX_SEED, FinishReason, GenerationRequest
+from .job import GenerationJob, Token
+from .request import GenerationRequest
 
 if TYPE_CHECKING:
     from ..models.causal_lm import CausalLM
 
 log = logging.getLogger(__name__)
 
-
-def sampling_seed(key_seed: int, prompt_ids: Sequence[int]) -> int:
-    """The seed of a request's sampling generator: a hash of its keyed seed and its prompt.
-
-    The same key asking the same prompt at the same tier samples the same text (asking again
-    gains nothing); the keyed seed comes from the server secret, so a client cannot pick it.
-    """
-    h = hashlib.sha256(int(key_seed).to_bytes(8, "little", signed=False))
-    h.update(torch.tensor(list(prompt_ids), dtype=torch.int64).numpy().tobytes())
-    return int.from_bytes(h.digest()[:8], "little") & MAX_SEED
-
-
-class Token(NamedTuple):
-    """One token of one request; the last one carries the finish reason."""
-
-    token_id: int
-    """With ``finish_reason == "stop"`` this is the EOS token, which is not part of the text."""
-    finish_reason: FinishReason | None
-
-
-_CANCELLED = object()
-
-
-class GenerationJob:
-    """One request in the scheduler: what to decode, its tier, and the tokens it gets back."""
-
-    rows = 1  # one sequence: `collect_batch` counts rows
-
-    def __init__(
-        self,
-        request: GenerationRequest,
-        tier: str,
-        arrived: float,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self.request = request
-        self.tier = tier
-        self.arrived = arrived
-        """``time.perf_counter()`` when the HTTP request arrived: time to first token counts
-        from here."""
-        self.queue_wait = 0.0
-        self._loop = loop
-        self._events: asyncio.Queue[object] = asyncio.Queue()
-        self._cancelled = threading.Event()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    def cancel(self) -> None:
-        """The client went away: the row ends before the scheduler's next step (or never starts),
-        and `tokens()` ends. Safe to call more than once, and after the job has finished."""
-        if not self._cancelled.is_set():
-            self._cancelled.set()
-            self._events.put_nowait(_CANCELLED)
-
-    async def tokens(self) -> AsyncIterator[Token]:
-        """The tokens as the batch produces them, up to the one with a finish reason. Ends early
-        once cancelled; raises the scheduler's error (``Unavailable``, ``InferenceFailed``)."""
-        while True:
-            event = await self._events.get()
-            if event is _CANCELLED:
-                return
-            if isinstance(event, BaseException):
-                raise event
-            assert isinstance(event, Token)
-            yield event
-            if event.finish_reason is not None:
-                return
-
-    def _send(self, event: Token | BaseException) -> None:
-        """From the worker thread: hand an event to the request's loop."""
-        if self.cancelled:
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
-            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+DEFAULT_TOKEN_BUDGET = 2048
 
 
 class GenerationScheduler(Worker[GenerationJob]):
-    """Collects generation requests into batches and decodes them on one worker thread.
+    """Decodes generation requests on one worker thread, joining new ones into the running batch.
 
     The interface the routes use: :meth:`check_capacity` before parsing a body, :meth:`submit`
     for a parsed request, then read :meth:`GenerationJob.tokens` and call
@@ -130,7 +55,13 @@ class GenerationScheduler(Worker[GenerationJob]):
     thread_name = "aim-decode"
 
     def __init__(
-        self, lm: CausalLM, source: NoiseSource, metrics: Metrics | None = None, **options: Any
+        self,
+        lm: CausalLM,
+        source: NoiseSource,
+        metrics: Metrics | None = None,
+        continuous: bool = True,
+        token_budget: int = DEFAULT_TOKEN_BUDGET,
+        **options: Any,
     ) -> None:
         """``options`` are the :class:`Worker`'s (``max_rows``, ``max_wait``, ``queue_size``,
         ``on_depth``, ``on_shed``; shed requests count in ``metrics`` by default)."""
@@ -139,7 +70,13 @@ class GenerationScheduler(Worker[GenerationJob]):
         super().__init__(**options)
         self.lm = lm
         self.source = source
-        self._aborting = threading.Event()  # stop: end the running batch at its next step
+        self.continuous = continuous
+        self.token_budget = token_budget
+        self._aborting = threading.Event()  # stop: end the running rows at the next step
+        self._batch: DecodeBatch | None = None
+        self._jobs: dict[int, GenerationJob] = {}  # live rows of the batch and their jobs
+        self._last: dict[int, float] = {}  # when each live row's last token (or arrival) was
+        self._produced: set[int] = set()  # live rows that have had their first token
         self.batches = 0
         """Batches started so far (for tests and logs)."""
 
@@ -166,82 +103,113 @@ class GenerationScheduler(Worker[GenerationJob]):
     def _abort(self) -> None:
         self._aborting.set()
 
+    # Event loop side ----------------------------------------------------------------------------
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            batch = await collect_batch(self._queue, self.max_rows, self.max_wait)
-            self._on_depth(self._queue.qsize())
-            jobs = [p.item for p in batch if not p.item.cancelled]
-            now = time.perf_counter()
-            for p in batch:
-                p.item.queue_wait = now - p.enqueued
-            try:
-                if jobs:
-                    self.batches += 1
-                    await loop.run_in_executor(self._executor, self._decode, jobs)
-            finally:
-                self._open -= len(batch)
+        try:
+            while True:
+                admitted = await self._admit()
+                self._on_depth(self._queue.qsize())
+                now = time.perf_counter()
+                for p in admitted:
+                    p.item.queue_wait = now - p.enqueued
+                jobs = [p.item for p in admitted if not p.item.cancelled]
+                self._open -= len(admitted) - len(jobs)  # gone before they started
+                ended = await loop.run_in_executor(self._executor, self._advance, jobs)
+                self._open -= ended
+        except asyncio.CancelledError:
+            for job in self._jobs.values():  # stopped mid-batch: nobody will decode them
+                job._send(Unavailable("the server is shutting down"))
+            raise
+
+    async def _admit(self) -> list[Pending[GenerationJob]]:
+        """The requests that start at the next step."""
+        batch = self._batch
+        if batch is None:  # idle: wait for work, then briefly for more
+            return await collect_batch(self._queue, self.max_rows, self.max_wait)
+        if not self.continuous or not batch.can_join:
+            return []
+        running = len(batch.running())
+        return take_ready(
+            self._queue,
+            self.max_rows - running,
+            self.token_budget - running,
+            cost=lambda job: len(job.request.prompt_ids),
+        )
 
     # Worker thread ------------------------------------------------------------------------------
 
-    def _decode(self, jobs: list[GenerationJob]) -> None:
-        """Decode one batch to the end; whatever goes wrong, every job hears of it."""
-        try:
-            self._run(jobs)
-        except Exception:
-            log.exception("generation batch failed")
-            for job in jobs:  # a job that has finished has stopped reading: no harm
-                job._send(InferenceFailed("generation failed"))
-
-    def _run(self, jobs: list[GenerationJob]) -> None:
-        """Decode one batch to the end, sending each token to its job as its step finishes."""
-        batch, jobs = self._start(jobs)
+    def _advance(self, jobs: list[GenerationJob]) -> int:
+        """Admit ``jobs``, run one step, send its tokens; how many jobs ended (or were refused).
+        Whatever goes wrong, every job of the batch hears of it."""
+        ended = self._join(jobs)
+        batch = self._batch
         if batch is None:
-            return
+            return ended
+        for row, job in self._jobs.items():
+            if self._aborting.is_set():
+                batch.cancel(row)
+                job._send(Unavailable("the server is shutting down"))
+            elif job.cancelled:
+                batch.cancel(row)
+        rows = len(batch.running())
         waits = [(job.tier, job.queue_wait) for job in jobs]
-        last = [job.arrived for job in jobs]  # time to first token counts from arrival
-        produced = [False] * len(jobs)
         try:
-            while not batch.done:
-                for row in batch.running():
-                    if self._aborting.is_set():
-                        batch.cancel(row)
-                        jobs[row]._send(Unavailable("the server is shutting down"))
-                    elif jobs[row].cancelled:
-                        batch.cancel(row)
-                if batch.done:
-                    break
-                rows = len(batch.running())
-                tokens = batch.step()
-                now = time.perf_counter()
-                self.metrics.observe_batch(
-                    rows, batch.forward_seconds, batch.modulation_seconds, waits
-                )
-                waits = []
-                for row, token in enumerate(tokens):
-                    if token is None:
-                        continue
-                    job = jobs[row]
-                    self.metrics.observe_token(job.tier, not produced[row], now - last[row])
-                    produced[row], last[row] = True, now
-                    job._send(Token(token, batch.finish_reason(row)))
+            tokens = batch.step() if rows else []
         except Exception:
             log.exception("generation batch failed")
-            for row in batch.running():
-                jobs[row]._send(InferenceFailed("generation failed"))
+            for job in self._jobs.values():
+                job._send(InferenceFailed("generation failed"))
+            batch.cancel_all()
+            return ended + self._settle()
+        now = time.perf_counter()
+        if rows:
+            self.metrics.observe_batch(rows, batch.forward_seconds, batch.modulation_seconds, waits)
+        for row, token in enumerate(tokens):
+            if token is None:
+                continue
+            job = self._jobs[row]
+            first = row not in self._produced
+            self.metrics.observe_token(job.tier, first, now - self._last[row])
+            self._produced.add(row)
+            self._last[row] = now
+            job._send(Token(token, batch.finish_reason(row)))
+        return ended + self._settle()
 
-    def _start(self, jobs: list[GenerationJob]) -> tuple[DecodeBatch | None, list[GenerationJob]]:
-        """A batch over ``jobs``; a request the batch refuses fails alone, the others go on."""
-        try:
-            return DecodeBatch(self.lm, [j.request for j in jobs], self.source), jobs
-        except Exception:
-            if len(jobs) == 1:
-                log.exception("generation request refused by the batch")
-                jobs[0]._send(InferenceFailed("generation failed"))
-                return None, []
-        good = []
+    def _join(self, jobs: list[GenerationJob]) -> int:
+        """Add ``jobs`` to the batch (a new one if none runs); a request the batch refuses fails
+        alone. Returns how many were refused."""
+        refused = 0
         for job in jobs:
-            good += self._start([job])[1]
-        if not good:
-            return None, []
-        return DecodeBatch(self.lm, [j.request for j in good], self.source), good
+            try:
+                if self._batch is None:
+                    self._batch = DecodeBatch(self.lm, [job.request], self.source)
+                    self.batches += 1
+                    row = 0
+                else:
+                    (row,) = self._batch.add([job.request])
+            except Exception:
+                log.exception("generation request refused by the batch")
+                job._send(InferenceFailed("generation failed"))
+                refused += 1
+                continue
+            self._jobs[row] = job
+            self._last[row] = job.arrived  # time to first token counts from arrival
+        return refused
+
+    def _settle(self) -> int:
+        """Forget rows that have ended, and the batch once all have; how many jobs ended."""
+        batch = self._batch
+        assert batch is not None
+        ended = [row for row in self._jobs if batch.finish_reason(row) is not None]
+        for row in ended:
+            del self._jobs[row]
+            self._last.pop(row, None)
+            self._produced.discard(row)
+        if batch.done:
+            self._batch = None
+            self._jobs.clear()
+            self._last.clear()
+            self._produced.clear()
+        return len(ended)

@@ -217,6 +217,42 @@ class CausalLM:
             return cache
         return tuple(tuple(t.index_select(0, index) for t in layer) for layer in cache)
 
+    @staticmethod
+    def cache_merges(cache: Any) -> bool:
+        """Whether rows can join ``cache`` by left-padding (continuous batching): plain
+        key/value layers (or legacy tuples) only; sliding-window, linear-attention or quantised
+        layers keep state that padding does not describe."""
+        layers = getattr(cache, "layers", None)
+        if layers is None:
+            return isinstance(cache, tuple)
+        from transformers.cache_utils import DynamicLayer
+
+        return all(type(layer) is DynamicLayer for layer in layers)
+
+    @staticmethod
+    def merge_caches(first: Any, second: Any) -> Any:
+        """One cache holding the rows of ``first`` then those of ``second``, the shorter
+        left-padded with zeros to the longer's length (the attention mask hides the padding)."""
+        if hasattr(first, "layers"):
+            for a, b in zip(first.layers, second.layers, strict=True):
+                a.keys = _cat_padded(a.keys, b.keys)
+                a.values = _cat_padded(a.values, b.values)
+            return first
+        return tuple(
+            tuple(_cat_padded(x, y) for x, y in zip(la, lb, strict=True))
+            for la, lb in zip(first, second, strict=True)
+        )
+
+    @staticmethod
+    def trim_cache(cache: Any, start: int) -> Any:
+        """Drop the first ``start`` positions of every row (padding that no row attends to)."""
+        if hasattr(cache, "layers"):
+            for layer in cache.layers:
+                layer.keys = layer.keys[..., start:, :]
+                layer.values = layer.values[..., start:, :]
+            return cache
+        return tuple(tuple(t[..., start:, :] for t in layer) for layer in cache)
+
 
 def read_texts(path: str | Path, kind: str = "text file") -> list[str]:
     """The non-empty lines of a UTF-8 text file, stripped; :class:`ModelLoadError` names the
@@ -232,6 +268,13 @@ def read_texts(path: str | Path, kind: str = "text file") -> list[str]:
     if not texts:
         raise ModelLoadError(str(file), "holds no text (one sample per line)", kind)
     return texts
+
+
+def _cat_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a`` then ``b`` (rows × heads × positions × dim), left-padded to one length."""
+    width = max(a.shape[-2], b.shape[-2])
+    pad = [torch.nn.functional.pad(t, (0, 0, width - t.shape[-2], 0)) for t in (a, b)]
+    return torch.cat(pad)
 
 
 def _max_context(config: Any, tokenizer: Any) -> int:

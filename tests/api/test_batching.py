@@ -10,7 +10,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from service.batching import Batcher, Pending, TierQueue, collect_batch, submit_until_disconnect
+from service.batching import (
+    Batcher,
+    Pending,
+    TierQueue,
+    collect_batch,
+    submit_until_disconnect,
+    take_ready,
+)
 from service.errors import Unavailable
 
 pytestmark = pytest.mark.unit
@@ -109,6 +116,29 @@ async def test_a_full_queue_sheds_the_newest_of_the_lowest_tier(
     assert queue.qsize() == len(queued)
     left = sorted(p.item.value for p in [queue.get_nowait() for _ in range(len(queued))])
     assert left == sorted([i for i in range(len(queued)) if i != displaced] + [99])
+
+
+@pytest.mark.parametrize(
+    ("costs", "max_rows", "max_tokens", "expected"),
+    [
+        ([5, 5, 5], 8, 100, 3),  # all fit
+        ([5, 5, 5], 2, 100, 2),  # rows bound
+        ([40, 40, 40], 8, 100, 2),  # token budget bound
+        ([500, 1], 8, 100, 1),  # the first goes even over budget; the next waits
+        ([1, 500], 8, 100, 1),
+        ([5], 0, 100, 0),  # no room: nothing is taken
+    ],
+)
+async def test_take_ready_respects_rows_and_token_budget(
+    costs: list[int], max_rows: int, max_tokens: int, expected: int
+) -> None:
+    queue: TierQueue[Item] = TierQueue(64)
+    for i, c in enumerate(costs):
+        queue.put(_pending(Item(1, value=c), rank=i % 2))
+    taken = take_ready(queue, max_rows, max_tokens, cost=lambda item: item.value)
+    assert len(taken) == expected
+    assert queue.qsize() == len(costs) - expected
+    assert [p.rank for p in taken] == sorted(p.rank for p in taken)  # higher tiers first
 
 
 def _echo(items: Sequence[Item]) -> list[object]:

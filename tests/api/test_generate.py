@@ -409,6 +409,45 @@ async def test_a_full_queue_sheds_the_lowest_tier_first(lm: CausalLM) -> None:
     await scheduler.stop()
 
 
+async def test_a_request_joins_the_running_batch_at_the_next_step(lm: CausalLM) -> None:
+    source = SlowNoise(FreshNoise(), delay=0.01)
+    scheduler = GenerationScheduler(lm, source, max_rows=8, max_wait=0.0)
+    scheduler.start()
+    long = _request(lm, "the", max_new_tokens=60, sigma=0.5, stop_on_eos=False)
+    running = scheduler.submit(long, "t", time.perf_counter())
+    tokens = running.tokens()
+    await anext(tokens)
+    short = _request(lm, "anna", max_new_tokens=3, stop_on_eos=False)
+    joined = await _read(scheduler.submit(short, "t", time.perf_counter()))
+    assert len(joined) == 3
+    rest = [t async for t in tokens]
+    assert len(rest) == 59  # the long row went on meanwhile ...
+    assert scheduler.batches == 1  # ... in the same batch the short one joined
+    await scheduler.stop()
+
+
+async def test_static_batching_waits_for_the_running_batch(lm: CausalLM) -> None:
+    scheduler = GenerationScheduler(
+        lm, SlowNoise(FreshNoise(), delay=0.005), continuous=False, max_rows=8, max_wait=0.0
+    )
+    scheduler.start()
+    long = _request(lm, "the", max_new_tokens=20, stop_on_eos=False)
+    running = scheduler.submit(long, "t", time.perf_counter())
+    tokens = running.tokens()
+    await anext(tokens)
+    short = scheduler.submit(_request(lm, "anna", max_new_tokens=2), "t", time.perf_counter())
+    order: list[str] = []
+
+    async def read(name: str, it: Any) -> None:
+        async for _ in it:
+            pass
+        order.append(name)
+
+    await asyncio.gather(read("long", tokens), read("short", short.tokens()))
+    assert order == ["long", "short"] and scheduler.batches == 2
+    await scheduler.stop()
+
+
 class BrokenNoise:
     def sample(self, *args: Any) -> list[torch.Tensor]:
         raise RuntimeError("out of memory")

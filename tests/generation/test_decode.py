@@ -225,3 +225,73 @@ def test_float32_edge_knobs_decode_greedily(lm: CausalLM, field: str, value: flo
     assert [r.token_ids for r in generate(lm, edge, FreshNoise())] == [
         r.token_ids for r in generate(lm, greedy, FreshNoise())
     ]
+
+
+# Joining a running batch -------------------------------------------------------------------------
+
+
+def test_rows_that_join_a_running_batch_get_what_they_get_alone(
+    lm: CausalLM, keyed: KeyedNoise
+) -> None:
+    seed = keyed.row_seed("key-a", "silver")
+
+    def request(prompt: str, budget: int, temperature: float) -> GenerationRequest:
+        return ask(
+            lm,
+            prompt,
+            max_new_tokens=budget,
+            sigma=1.0,
+            seed=seed,
+            temperature=temperature,
+            sampling_seed=len(prompt),
+            stop_on_eos=False,
+        )
+
+    first = [request(PROMPTS[0], 10, 0.0), request(PROMPTS[5], 4, 1.0)]
+    later = [request(PROMPTS[1], 10, 1.0), request(PROMPTS[2], 12, 0.0)]
+    last = [request(PROMPTS[3], 6, 0.8)]
+    batch = DecodeBatch(lm, first, keyed)
+    for _ in range(3):
+        batch.step()
+    assert batch.add(later) == [2, 3]
+    assert batch.running() == [0, 1, 2, 3]
+    for _ in range(5):  # row 1 ends meanwhile: its columns stay while row 0 needs them
+        batch.step()
+    assert batch.add(last) == [4]
+    while not batch.done:
+        batch.step()
+    together = batch.results()
+    alone = [generate(lm, [r], keyed)[0] for r in first + later + last]
+    assert together == alone
+
+
+def test_a_batch_that_ended_takes_new_rows(lm: CausalLM) -> None:
+    batch = DecodeBatch(lm, [ask(lm, "anna", max_new_tokens=2)], FreshNoise())
+    while not batch.done:
+        batch.step()
+    (row,) = batch.add([ask(lm, "the cow says", max_new_tokens=5, stop_on_eos=False)])
+    assert row == 1 and not batch.done
+    while not batch.done:
+        batch.step()
+    assert len(batch.results()[1].token_ids) == 5
+    assert batch.results()[1] == generate(lm, [batch.requests[1]], FreshNoise())[0]
+
+
+def test_a_row_cancelled_before_it_joins_never_runs(lm: CausalLM) -> None:
+    batch = DecodeBatch(lm, [ask(lm, "the", max_new_tokens=6, stop_on_eos=False)], FreshNoise())
+    batch.step()
+    (row,) = batch.add([ask(lm, "anna", max_new_tokens=6)])
+    batch.cancel(row)
+    assert batch.running() == [0]
+    while not batch.done:
+        assert batch.step()[row] is None
+    assert batch.results()[row].token_ids == () and batch.finish_reason(row) == "cancelled"
+
+
+def test_a_malformed_joiner_is_refused_and_the_batch_goes_on(lm: CausalLM) -> None:
+    batch = DecodeBatch(lm, [ask(lm, "the", max_new_tokens=4)], FreshNoise())
+    with pytest.raises(InputError, match="max_new_tokens"):
+        batch.add([GenerationRequest(prompt_ids=(0,) * 100, max_new_tokens=50)])
+    assert batch.size == 1 and batch.can_join
+    while not batch.done:
+        batch.step()
