@@ -119,7 +119,7 @@ class GenerationScheduler(Worker[GenerationJob]):
                 ended = await loop.run_in_executor(self._executor, self._advance, jobs)
                 self._open -= ended
         except asyncio.CancelledError:
-            for job in self._jobs.values():  # stopped mid-batch: nobody will decode them
+            for job in list(self._jobs.values()):  # stopped mid-batch: nobody will decode them
                 job._send(Unavailable("the server is shutting down"))
             raise
 
