@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import SecretStr, ValidationError
 
-from . import __version__
+from . import __version__, cli_accounts
 from .settings import Settings
 
 Handler = Callable[[argparse.Namespace], int]
@@ -128,8 +128,10 @@ def _add_keys(sub: Any) -> None:
     create.add_argument("--keys-file", type=Path, required=True, help="YAML keys file to append to")
     create.add_argument("--tier", required=True, help="tier of the new key")
     create.add_argument("--id", dest="key_id", help="key id (default: generated)")
+    create.add_argument("--account", help="account the key belongs to (default: its id)")
     create.add_argument("--config", type=Path, help="check the tier against this config's tiers")
     create.set_defaults(handler=_keys_create)
+    cli_accounts.add_commands(sub, keys_sub)
 
 
 def _add_calibrate(sub: Any) -> None:
@@ -291,11 +293,14 @@ def _keys_create(args: argparse.Namespace) -> int:
         print(f"aim keys: --tier {args.tier!r} is not one of {', '.join(tiers)}", file=sys.stderr)
         return 2
     try:
-        record, plaintext = create_key(args.keys_file, args.tier, args.key_id)
+        record, plaintext = create_key(args.keys_file, args.tier, args.key_id, args.account)
     except KeysFileError as exc:
         print(f"aim keys: {exc}", file=sys.stderr)
         return 2
-    print(f"created key {record.id!r} for tier {record.tier!r} in {args.keys_file}")
+    print(
+        f"created key {record.id!r} of account {record.account!r} for tier {record.tier!r} "
+        f"in {args.keys_file}"
+    )
     print("the key is shown once; only its SHA-256 is stored:")
     print(plaintext)
     return 0

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from .quotas import Quota
 from .validation import FieldError, config_error
 
 DEFAULT_TIERS: dict[str, dict[str, Any]] = {
@@ -98,6 +99,9 @@ class TierConfig(BaseModel):
     """Whether this tier's callers may use focus modulation."""
     max_items: int | None = None
     """Most inputs in one request (the server-wide `max_items` still caps it)."""
+    quota: Quota | None = None
+    """Items (inputs, or generated tokens) per account per UTC hour, day or month, e.g.
+    '10000/day'; past it, 429 `quota_exceeded`."""
 
     @field_validator("utility", "sigma", "focus", "max_items", mode="before")
     @classmethod
@@ -115,6 +119,13 @@ class TierConfig(BaseModel):
         if not isinstance(value, str):
             raise ValueError(f"{value!r} has to be a string like '50/s'")
         return RateLimit.from_text(value)
+
+    @field_validator("quota", mode="before")
+    @classmethod
+    def _quota(cls, value: Any) -> Any:
+        if value is None or isinstance(value, Quota):
+            return value
+        return Quota.from_text(value)
 
     @model_validator(mode="after")
     def _one_target(self) -> TierConfig:

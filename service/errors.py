@@ -7,7 +7,9 @@ ServiceError
 ├── UnsupportedMedia    415  a body that is not JSON
 ├── InvalidInput        422  bad input; names the field
 ├── RateLimited         429  the tier's rate limit; carries Retry-After
+├── QuotaExceeded       429  the account's quota at the tier is used up; Retry-After: window end
 └── Unavailable         503  queue full, shutting down or not ready; answered at once
+    └── QuotaUnavailable 503  the quota cannot be checked (shared state unreachable)
 """
 
 from __future__ import annotations
@@ -70,8 +72,21 @@ class RateLimited(ServiceError):
     code = "rate_limited"
 
 
+class QuotaExceeded(ServiceError):
+    """The account has used its quota at this tier for the current window."""
+
+    status = 429
+    code = "quota_exceeded"
+
+
 class Unavailable(ServiceError):
     """The service cannot take the request now (queue full, not ready, shutting down)."""
 
     status = 503
     code = "unavailable"
+
+
+class QuotaUnavailable(Unavailable):
+    """The quota cannot be checked (shared state unreachable): refused rather than unmetered."""
+
+    code = "quota_unavailable"

@@ -69,6 +69,17 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     """Level of the JSON logs on stderr."""
 
+    redis_url: SecretStr | None = None
+    """Redis shared by every replica (`redis://host:6379/0`): rate limits, quotas and usage.
+    Unset: that state is this process's own (one replica)."""
+    state_dir: Path | None = None
+    """Where single-replica state that must outlive a restart is kept (usage, SQLite). Unset,
+    and without Redis, usage is kept in memory only."""
+    admin_token: SecretStr | None = None
+    """Bearer token of the admin routes (`/admin/usage`); unset, they do not exist (404)."""
+    quota_fail_open: bool = False
+    """With Redis unreachable, serve tiers that have a quota (uncounted) instead of 503."""
+
     @field_validator("log_level")
     @classmethod
     def _upper(cls, value: str) -> str:

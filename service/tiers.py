@@ -84,11 +84,14 @@ def tier_policy(
     items: int,
     focus: bool,
     max_items: int,
+    rate_limit: bool = True,
 ) -> Tier:
     """The tier policy, in one place: the tier to serve (the key's own, or a lower one it asked
     for), then that tier's limits on one request: items per request (``max_items`` is the
     server-wide cap), focus, and the rate limit, which takes one request from ``account``'s
-    bucket. Cheap refusals, so they come before any decoding work."""
+    bucket (unless ``rate_limit`` is false: the server charges it through
+    ``service.accounting``, which may share the bucket between replicas). Cheap refusals, so
+    they come before any decoding work."""
     tier = tiers.resolve(key_tier, requested)
     limit = min(max_items, tier.max_items or max_items)
     if items > limit:
@@ -98,7 +101,7 @@ def tier_policy(
         )
     if focus and not tier.focus:
         raise Forbidden(f"tier {tier.name!r} does not include focus", "focus")
-    if tier.limiter is not None:
+    if rate_limit and tier.limiter is not None:
         wait = tier.limiter.acquire(account)
         if wait > 0:
             raise RateLimited(

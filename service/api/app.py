@@ -11,11 +11,13 @@ from fastapi import FastAPI
 from .. import __version__
 from ..config import ServiceConfig
 from ..keys import KeyStore
+from ..keywatch import KeysWatcher
 from ..settings import Settings
 from .docs import install_docs
 from .errors import install_error_handlers
+from .metering import MeteringMiddleware
 from .middleware import ServiceMiddleware
-from .routes import info, openai, predict, v2
+from .routes import admin, info, openai, predict, v2
 from .state import AppState
 
 
@@ -34,14 +36,26 @@ def create_app(
             raise ValueError("no keys: give --keys-file (or --demo for ephemeral keys)")
         keys = KeyStore.load(settings.keys_file, tier_names)
     state = AppState(settings, config, keys, secret=secret, model=model)
+    # Keys read from a file follow it while the server runs (added and revoked keys, SIGHUP).
+    watcher = (
+        KeysWatcher(keys, settings.keys_file, tier_names, state.metrics.registry)
+        if settings.keys_file is not None
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.start()
+        state.accounting.start()
+        if watcher is not None:
+            watcher.start()
         try:
             yield
         finally:
+            if watcher is not None:
+                await watcher.stop()
             await state.stop()
+            await state.accounting.stop()
 
     app = FastAPI(
         title="AIM serving",
@@ -60,6 +74,7 @@ def create_app(
     )
     app.state.aim = state
     install_error_handlers(app, {"/v2": v2.error_shape, "/v1": openai.error_shape})
+    app.add_middleware(MeteringMiddleware, accounting=state.accounting)
     app.add_middleware(
         ServiceMiddleware, metrics=state.metrics, max_body_bytes=settings.max_body_bytes
     )
@@ -68,4 +83,6 @@ def create_app(
     app.include_router(v2.router)
     app.include_router(openai.router)
     install_docs(app)
+    if settings.admin_token is not None and settings.admin_token.get_secret_value():
+        app.include_router(admin.router)
     return app

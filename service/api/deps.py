@@ -3,7 +3,8 @@
 Every inference route is parse → call → encode: the caller dependency authenticates (before any
 body is read), checks readiness, resolves the tier named in `X-AIM-Tier` and refuses at once
 when the queue is full; once the body is parsed, :meth:`Caller.admit` applies the tier policy
-(``tiers.tier_policy``: lowering, items, focus, rate limit).
+(``tiers.tier_policy``: lowering, items, focus) and the account's limits (``accounting``: quota,
+rate limit, shared by every replica when Redis holds them).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from ..accounting import Accounting
 from ..errors import Unauthorized
 from ..keys import KeyRecord
 from ..modulation import KeyedNoise
 from ..runtime import Runtime
 from ..tiers import Tier, TierTable, tier_policy
+from .metering import note_caller
 from .state import AppState
 
 TIER_HEADER = "x-aim-tier"
@@ -48,25 +51,30 @@ class Caller:
     keyed: KeyedNoise = field(repr=False)
     max_items: int = field(repr=False)
     scope: MutableMapping[str, Any] = field(repr=False)
+    accounting: Accounting = field(repr=False)
 
     @property
     def seed(self) -> int:
         """The keyed-noise seed of this caller's (key, tier) pair."""
         return self.keyed.row_seed(self.key.id, self.tier.name)
 
-    def admit(self, items: int, focus: bool, tier: str | None = None) -> Caller:
+    async def admit(self, items: int, focus: bool, tier: str | None = None) -> Caller:
         """The caller at the tier this request is served at, after the tier policy: ``tier``
-        (a tier the body names) lowers it; refusals are 403, 413, 422 or 429."""
+        (a tier the body names) lowers it; refusals are 403, 413, 422, 429 (rate limit or
+        quota, per account across its keys) or 503 (the quota's shared state unreachable)."""
         served = tier_policy(
             self.tiers,
             self.key.tier,
-            self.key.id,
+            self.key.account,
             tier or self.tier.name,
             items=items,
             focus=focus,
             max_items=self.max_items,
+            rate_limit=False,  # the account's limits come next, from `accounting`
         )
         self.scope["aim.tier"] = served.name  # the metrics label of this request
+        note_caller(self.scope, self.key.account, served.name, items)
+        await self.accounting.admit(self.key.account, served.name, served.limiter)
         return replace(self, tier=served)
 
 
@@ -106,6 +114,7 @@ class CallerDependency:
         requested = request.headers.get(TIER_HEADER)
         tier = tiers.resolve(record.tier, requested.strip() if requested else None)
         request.scope["aim.tier"] = tier.name
+        note_caller(request.scope, record.account, tier.name)  # its errors are billed from here
         if self.inference:
             runtime.check_capacity(tier.rank, tier.name)
         return Caller(
@@ -117,6 +126,7 @@ class CallerDependency:
             state.keyed,
             state.settings.max_items,
             request.scope,
+            state.accounting,
         )
 
 

@@ -126,7 +126,7 @@ async def build_item(
 ) -> PredictItem:
     """Admit the request at its tier (``tier``, when the body names one, lowers it), then
     decode: cheap refusals come before any decoding work."""
-    caller = caller.admit(len(inputs), bool(focus), tier)
+    caller = await caller.admit(len(inputs), bool(focus), tier)
     adapter = caller.runtime.adapter
     entries = focus_entries(focus, adapter.labels, adapter.task, settings.max_focus_entries)
     if adapter.task == "segmentation":

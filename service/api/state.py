@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+from ..accounting import Accounting
 from ..batching import Batcher
 from ..config import ServiceConfig
 from ..errors import Unavailable
@@ -42,6 +43,7 @@ class AppState:
         self.config = config
         self.keys = keys
         self.metrics = Metrics()
+        self.accounting = Accounting(settings, config.tiers, self.metrics.registry)
         self.keyed, self.source = noise_sources(settings, secret)
         self.name = model_name(config.model)
         self._preloaded = model

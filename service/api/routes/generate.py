@@ -27,6 +27,7 @@ from ...models.errors import InputError
 from ...modulation import FocusEntry, ModulationArgumentError
 from ..body import json_response, read_model
 from ..deps import Caller
+from ..metering import count_tokens
 from ..schemas import FocusItem, GenerateRequest
 from ..state import AppState
 
@@ -42,10 +43,11 @@ async def generate(request: Request, state: AppState, caller: Caller) -> Respons
     assert scheduler is not None
     tier = caller.tier
     body = await read_model(request, GenerateRequest)
-    job = scheduler.submit(build_request(body, caller, lm, state), tier.name, arrived, tier.rank)
+    generation = await build_request(body, caller, lm, state)
+    job = scheduler.submit(generation, tier.name, arrived, tier.rank)
     watcher = asyncio.ensure_future(watch_disconnect(request.receive, job.cancel))
     try:
-        tokens = job.tokens()
+        tokens = count_tokens(request, job.tokens())
         # The first token before the answer starts: an error until then is a plain HTTP error.
         first = await anext(tokens, None)
         if first is None:  # the client went away: nobody reads an answer (499 in the log)
@@ -71,11 +73,11 @@ async def generate(request: Request, state: AppState, caller: Caller) -> Respons
     )
 
 
-def build_request(
+async def build_request(
     body: GenerateRequest, caller: Caller, lm: CausalLM, state: AppState
 ) -> GenerationRequest:
     """Tier policy, focus tokens and context length, then the request with its keyed seeds."""
-    caller = caller.admit(1, bool(body.focus))
+    caller = await caller.admit(1, bool(body.focus))
     tier = caller.tier
     focus = token_focus(body.focus, lm, state.settings.max_focus_entries)
     prompt_ids = tuple(lm.encode(body.prompt))
