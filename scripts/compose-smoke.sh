@@ -5,7 +5,8 @@
 #   2. build the debootstrap base image (scripts/build-base-image.sh) unless it exists
 #   3. build a Prometheus image from Debian's package on that base (deploy/prometheus/Dockerfile.local)
 #   4. download a wheelhouse on the host (pip) and build the service image offline from it
-#   5. create API keys with the image's `aim keys create`, bring up `aim` + `prometheus` with compose
+#   5. create API keys with the image's `aim keys create`, bring up `redis`, two `aim` replicas,
+#      `nginx` in front of them and `prometheus` with compose (redis and nginx: Debian's packages)
 #   6. wait for /readyz and the Docker HEALTHCHECK, call the service through the SDK (aim_client)
 #   7. check that Prometheus scraped `aim_` series and that every dashboard query evaluates
 #   8. tear everything down and print a summary with timings
@@ -32,6 +33,8 @@ TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 BASE_IMAGE="${BASE_IMAGE:-aim-base:bookworm}"
 AIM_IMAGE="${AIM_IMAGE:-aim-serving:smoke}"
 PROMETHEUS_IMAGE="${PROMETHEUS_IMAGE:-aim-prometheus:local}"
+REDIS_IMAGE="${REDIS_IMAGE:-aim-redis:local}"
+NGINX_IMAGE="${NGINX_IMAGE:-aim-nginx:local}"
 PROJECT="aimsmoke"
 LOG_DIR="$ROOT/out/compose-smoke"
 WHEELHOUSE="$ROOT/wheelhouse"
@@ -161,6 +164,16 @@ if ! docker image inspect "$PROMETHEUS_IMAGE" >/dev/null 2>&1; then
     { tail -n 30 "$LOG_DIR/prometheus-build.log" >&2; die "prometheus image build failed"; }
 fi
 
+for pair in "redis:$REDIS_IMAGE" "nginx:$NGINX_IMAGE"; do
+  name="${pair%%:*}" image="${pair#*:}"
+  phase "$name image $image"
+  if ! docker image inspect "$image" >/dev/null 2>&1; then
+    docker build --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$image" \
+      -f "deploy/$name/Dockerfile.local" "deploy/$name" >"$LOG_DIR/$name-build.log" 2>&1 ||
+      { tail -n 30 "$LOG_DIR/$name-build.log" >&2; die "$name image build failed"; }
+  fi
+done
+
 # --- 4. Wheelhouse and service image ------------------------------------------------------------
 phase "wheelhouse"
 [[ -f service/cli.py ]] || die "the service package is not there yet (service/cli.py missing)"
@@ -198,22 +211,26 @@ BRONZE_KEY="$(create_key bronze)"
 # Compose without Swarm bind-mounts secrets as they are: the container's uid 10001 must read them.
 chmod 0644 "$WORK/keys.yaml" "$WORK/aim-secret"
 
-export AIM_IMAGE PROMETHEUS_IMAGE AIM_PORT PROMETHEUS_PORT
+export AIM_IMAGE PROMETHEUS_IMAGE REDIS_IMAGE NGINX_IMAGE AIM_PORT PROMETHEUS_PORT
 export AIM_KEYS_FILE="$WORK/keys.yaml" AIM_SECRET_PATH="$WORK/aim-secret"
 STACK_UP=1
-compose up -d --no-build aim prometheus >"$LOG_DIR/compose.log" 2>&1 ||
+# nginx waits for healthy aim replicas, so this returns once both are ready (or fails).
+compose up -d --no-build redis aim nginx prometheus >"$LOG_DIR/compose.log" 2>&1 ||
   { cat "$LOG_DIR/compose.log" >&2; die "compose up failed"; }
 
 phase "aim ready (/readyz, HEALTHCHECK)"
 AIM_URL="http://127.0.0.1:$AIM_PORT"
 PROMETHEUS_URL="http://127.0.0.1:$PROMETHEUS_PORT"
-aim_container="$(compose ps -q aim)"
+read -r -a aim_containers <<<"$(compose ps -q aim | tr '\n' ' ')"
+((${#aim_containers[@]} == 2)) || die "expected 2 aim replicas, found ${#aim_containers[@]}"
 # readyz: 0 ready, 1 not yet (loading, or not listening yet), 2 given up (load failed, container
 # stopped or restarted): then waiting longer cannot help.
 readyz() {
-  local state
-  state="$(docker inspect -f '{{.State.Status}} {{.RestartCount}}' "$aim_container")"
-  [[ "$state" == "running 0" ]] || { log "aim container: $state"; return 2; }
+  local state container
+  for container in "${aim_containers[@]}"; do
+    state="$(docker inspect -f '{{.State.Status}} {{.RestartCount}}' "$container")"
+    [[ "$state" == "running 0" ]] || { log "aim container $container: $state"; return 2; }
+  done
   "$PYTHON" - "$AIM_URL/readyz" <<'PY'
 import json, sys, urllib.error, urllib.request
 try:
@@ -230,7 +247,12 @@ until readyz; do
   ((SECONDS < deadline)) || die "aim not ready after ${READY_TIMEOUT}s"
   sleep 2
 done
-healthy() { [[ "$(docker inspect -f '{{.State.Health.Status}}' "$aim_container")" == healthy ]]; }
+healthy() {
+  local container
+  for container in "${aim_containers[@]}"; do
+    [[ "$(docker inspect -f '{{.State.Health.Status}}' "$container")" == healthy ]] || return 1
+  done
+}
 wait_for 90 "the Docker HEALTHCHECK to report healthy" healthy || die "HEALTHCHECK not healthy"
 
 # --- 6. SDK -------------------------------------------------------------------------------------

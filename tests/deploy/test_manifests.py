@@ -78,9 +78,15 @@ def k8s_objects() -> list[dict[str, Any]]:
     ]
 
 
-def k8s_object(kind: str) -> dict[str, Any]:
-    found = [obj for obj in k8s_objects() if obj["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind} in deploy/k8s, found {len(found)}"
+def k8s_object(kind: str, app: str = "aim-serving") -> dict[str, Any]:
+    """The one object of `kind` belonging to `app` (label app.kubernetes.io/name)."""
+    found = [
+        obj
+        for obj in k8s_objects()
+        if obj["kind"] == kind
+        and obj["metadata"].get("labels", {}).get("app.kubernetes.io/name", "aim-serving") == app
+    ]
+    assert len(found) == 1, f"expected one {kind} of {app} in deploy/k8s, found {len(found)}"
     return found[0]
 
 
@@ -279,7 +285,9 @@ def test_example_keys_file_has_the_keys_file_shape() -> None:
     (keys,) = load_yaml_documents(ROOT / "deploy" / "config" / "keys.example.yaml")
     tiers = yaml.safe_load((ROOT / "deploy" / "config" / "config.yaml").read_text())["tiers"]
     for entry in keys["keys"]:
-        assert set(entry) == {"id", "tier", "sha256"}
+        assert {"id", "account", "tier", "sha256"} <= set(entry) <= {
+            "id", "account", "tier", "sha256", "created"
+        }  # fmt: skip
         assert entry["tier"] in tiers
         assert re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])
 
@@ -365,14 +373,19 @@ def test_grafana_dashboard_provider_reads_the_mounted_dashboards() -> None:
     assert mounts["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
 
 
-def test_prometheus_scrapes_aim_metrics() -> None:
+def test_prometheus_scrapes_every_aim_replica() -> None:
+    """Through DNS discovery of `aim` (an address per replica), not one static `aim:8000`
+    target, which would scrape whichever replica the name resolves to."""
     (config,) = load_yaml_documents(PROMETHEUS_CONFIG)
     jobs = [
         job
         for job in config["scrape_configs"]
-        if any(f"aim:{SERVING_PORT}" in sc["targets"] for sc in job.get("static_configs", []))
+        if any(
+            sd.get("names") == ["aim"] and sd.get("type") == "A" and sd["port"] == SERVING_PORT
+            for sd in job.get("dns_sd_configs", [])
+        )
     ]
-    assert len(jobs) == 1, "one scrape job for aim:8000"
+    assert len(jobs) == 1, "one scrape job discovering the aim replicas"
     assert jobs[0].get("metrics_path", "/metrics") == METRICS_ROUTE
     interval = jobs[0].get("scrape_interval", config["global"]["scrape_interval"])
     assert interval == "5s"
@@ -398,7 +411,7 @@ def volume_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
 def test_compose_services_images_and_mounts() -> None:
     (compose,) = load_yaml_documents(COMPOSE)
     services = compose["services"]
-    assert {"aim", "prometheus", "grafana"} <= set(services)
+    assert {"aim", "redis", "nginx", "prometheus", "grafana"} <= set(services)
     assert services["aim"]["image"] == "${AIM_IMAGE:-aim-serving:local}"
     assert services["prometheus"]["image"] == "${PROMETHEUS_IMAGE:-prom/prometheus:latest}"
     assert services["grafana"]["image"] == "${GRAFANA_IMAGE:-grafana/grafana:latest}"
@@ -428,8 +441,54 @@ def test_compose_aim_gets_config_keys_and_secret_where_the_entrypoint_reads_them
         secret_targets[target if target.startswith("/") else f"/run/secrets/{target}"] = secret
     assert KEYS_PATH in secret_targets
     assert aim["environment"]["AIM_SECRET_FILE"] in secret_targets
-    assert [p for p in aim["ports"] if with_defaults(p).endswith(f":{SERVING_PORT}")]
     assert READINESS_ROUTE in " ".join(aim["healthcheck"]["test"])
+
+
+def test_compose_scales_aim_behind_nginx_with_shared_redis() -> None:
+    services = compose_services(COMPOSE)
+    aim, nginx, redis = services["aim"], services["nginx"], services["redis"]
+    assert aim["deploy"]["replicas"] >= 2
+    # Replicas publish no host port (two could not share one); nginx publishes the serving port.
+    assert "ports" not in aim
+    assert [p for p in nginx["ports"] if with_defaults(p).endswith(f":{SERVING_PORT}")]
+    assert aim["environment"]["AIM_REDIS_URL"] == "redis://redis:6379/0"
+    assert aim["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert nginx["depends_on"]["aim"]["condition"] == "service_healthy"
+    conf = (ROOT / dict(volume_mounts(nginx))["/etc/nginx/nginx.conf"]).read_text()
+    assert re.search(rf"server aim:{SERVING_PORT}\b", conf)
+    assert re.search(rf"listen {SERVING_PORT};", conf)
+    assert "/data" in dict(volume_mounts(redis))
+    for service in (nginx, redis):  # built from Debian's packages, no registry needed
+        build = service["build"]
+        assert (ROOT / build["context"] / build["dockerfile"]).is_file()
+
+
+def test_k8s_replicas_share_the_redis_service() -> None:
+    container = aim_container(k8s_object("Deployment"))
+    env = {e["name"]: e for e in container["env"]}
+    redis_service = k8s_object("Service", app="aim-redis")
+    url = (
+        f"redis://{redis_service['metadata']['name']}:{redis_service['spec']['ports'][0]['port']}/0"
+    )
+    assert env["AIM_REDIS_URL"]["value"] == url
+    redis = k8s_object("StatefulSet", app="aim-redis")
+    pod_labels = redis["spec"]["template"]["metadata"]["labels"]
+    assert redis_service["spec"]["selector"].items() <= pod_labels.items()
+    assert k8s_object("Deployment")["spec"]["replicas"] >= 2
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+)
+def test_k8s_manifests_match_the_kubernetes_schemas(path: str) -> None:
+    """Offline, against the schemas kubernetes-validate ships (strict: no unknown fields)."""
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    for obj in load_yaml_documents(K8S / path):
+        if obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # a CRD (Prometheus Operator): no schema in the Kubernetes set
+        kubernetes_validate.validate(obj, version, strict=True)
 
 
 def test_compose_gpu_override_reserves_an_nvidia_gpu() -> None:
