@@ -183,3 +183,29 @@ def test_parse_time_reads_unix_seconds_and_iso() -> None:
     assert parse_time("2026-12-01T00:00:00Z", "t") == parse_time("2026-12-01", "t")
     with pytest.raises(ValueError, match="since"):
         parse_time("noon", "since")
+
+
+def test_generation_usage_and_quota_count_generated_tokens(
+    make_client: ClientFactory, api_keys: dict[str, str], tiny_lm_dir: Path
+) -> None:
+    model = {"task": "generation", "loader": "huggingface", "path": str(tiny_lm_dir)}
+    tiers = {"gold": {"utility": 1.0}, "silver": {"sigma": 1.0, "quota": "1/day"}}
+    config = {"model": model, "tiers": {**tiers, "bronze": {"sigma": 2.0}, "trial": {"sigma": 3.0}}}
+    body = {"prompt": "the cow says", "max_new_tokens": 6}
+    with make_client(config, admin_token=ADMIN) as client:
+        gold = {"X-API-Key": api_keys["gold"]}
+        answer = client.post("/predict", json=body, headers=gold).json()
+        with client.stream("POST", "/predict", json={**body, "stream": True}, headers=gold) as r:
+            streamed = [line for line in r.iter_lines() if line.startswith('data: {"token"')]
+        silver = {"X-API-Key": api_keys["silver"]}
+        first = client.post("/predict", json=body, headers=silver).json()
+        refused = client.post("/predict", json=body, headers=silver)
+        rows = usage(client)
+    gold_row = rows["test-gold/gold"]
+    generated = len(answer["tokens"]) + len(streamed)
+    assert (gold_row["requests"], gold_row["items"], gold_row["tokens"]) == (2, 2, generated)
+    # The quota counts generated tokens: the first answer used up "1/day".
+    assert len(first["tokens"]) >= 1
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "quota_exceeded"
+    assert rows["test-silver/silver"]["tokens"] == len(first["tokens"])
