@@ -29,7 +29,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from .config import TierConfig
-from .errors import QuotaExceeded, QuotaUnavailable, RateLimited
+from .errors import QuotaExceeded, QuotaUnavailable, RateLimited, Unavailable
 from .quotas import LocalQuotaCounter, Quota
 from .ratelimit import RateLimiter
 from .settings import Settings
@@ -177,7 +177,7 @@ class Accounting:
             try:
                 stored = await self.redis.query_usage(since, until)
             except StateDown:
-                raise QuotaUnavailable(
+                raise Unavailable(
                     "usage cannot be read now (shared state unreachable); retry shortly",
                     headers={"Retry-After": "1"},
                 ) from None

@@ -16,11 +16,11 @@ HASH_SHOWN = 12  # hex characters of a key's hash `keys list` shows: enough to t
 def add_commands(sub: Any, keys_sub: Any) -> None:
     """Add `keys revoke`, `keys list` (under `keys_sub`) and `usage` (under `sub`)."""
     revoke = keys_sub.add_parser("revoke", help="remove a key; a running server drops it in 1 s")
-    revoke.add_argument("--keys-file", type=Path, required=True)
-    revoke.add_argument("--id", dest="key_id", required=True)
+    revoke.add_argument("--keys-file", type=Path, required=True, help="YAML keys file")
+    revoke.add_argument("--id", dest="key_id", required=True, help="id of the key to remove")
     revoke.set_defaults(handler=_revoke)
     listing = keys_sub.add_parser("list", help="id, account, tier, created (never a full hash)")
-    listing.add_argument("--keys-file", type=Path, required=True)
+    listing.add_argument("--keys-file", type=Path, required=True, help="YAML keys file")
     listing.set_defaults(handler=_list)
     usage = sub.add_parser(
         "usage",
