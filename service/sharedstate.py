@@ -20,7 +20,9 @@ from .usage import Counts, Key
 
 PREFIX = "aim:"
 RETRY_AFTER_S = 1.0
-TIMEOUT_S = 0.25
+# Long enough for a loaded host (a slow answer is not an outage), short enough that a request
+# waits at most this long before the per-kind fallback takes over.
+TIMEOUT_S = 1.0
 _MINUTES = PREFIX + "usage:minutes"
 _FIELDS = ("requests", "items", "tokens", "errors", "units")
 

@@ -188,6 +188,11 @@ def predict(
     )
 
 
+def shared_state_errors(replica: LiveServer) -> list[str]:
+    text = httpx.get(replica.url + "/metrics", timeout=5).text
+    return [line for line in text.splitlines() if line.startswith("aim_shared_state_errors_total")]
+
+
 def served_200(replica: LiveServer, tier: str) -> float:
     """`aim_requests_total` of 200s at `tier` on one replica (its own /metrics)."""
     total = 0.0
@@ -223,7 +228,9 @@ def test_one_accounts_requests_over_two_replicas_get_one_bucket(stack: Stack) ->
     elapsed = time.monotonic() - started
     print(f"two keys of one account over two replicas: {counts} in {elapsed:.2f}s")
     assert set(counts) <= {200, 429}, counts
-    assert counts.get(200, 0) <= BURST + RATE * elapsed + 1, counts
+    # Redis failing would (by design) fall back to each replica's own bucket: say so if it did.
+    failures = [shared_state_errors(r) for r in stack.replicas]
+    assert counts.get(200, 0) <= BURST + RATE * elapsed + 1, (counts, failures)
     assert counts.get(429, 0) > 0
     # nginx spread the account's answers over both replicas: the limit held across them.
     per_replica = [served_200(r, "bronze") for r in stack.replicas]
