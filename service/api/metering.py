@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..accounting import Accounting
@@ -53,10 +52,12 @@ def note_caller(scope: MutableMapping[str, Any], account: str, tier: str, items:
         note.account, note.tier, note.items = account, tier, items
 
 
-async def count_tokens(request: Request, tokens: AsyncIterator[T]) -> AsyncIterator[T]:
+async def count_tokens(
+    scope: MutableMapping[str, Any], tokens: AsyncIterator[T]
+) -> AsyncIterator[T]:
     """Pass `tokens` through, counting the generated ones (the end-of-sequence token, which is
     not part of the text, is not counted)."""
-    note = _note(request.scope)
+    note = _note(scope)
     if note is not None:
         note.generation = True
     async for token in tokens:

@@ -47,7 +47,7 @@ async def generate(request: Request, state: AppState, caller: Caller) -> Respons
     job = scheduler.submit(generation, tier.name, arrived, tier.rank)
     watcher = asyncio.ensure_future(watch_disconnect(request.receive, job.cancel))
     try:
-        tokens = count_tokens(request, job.tokens())
+        tokens = count_tokens(request.scope, job.tokens())
         # The first token before the answer starts: an error until then is a plain HTTP error.
         first = await anext(tokens, None)
         if first is None:  # the client went away: nobody reads an answer (499 in the log)

@@ -108,7 +108,7 @@ async def _serve(
     else:
         prompt = completion_prompt(lm, body.prompt)
     try:
-        caller = caller.admit(1, bool(body.logit_bias))
+        caller = await caller.admit(1, bool(body.logit_bias))
     except Forbidden as exc:
         if exc.field != "focus":
             raise
@@ -148,7 +148,7 @@ async def _answer(
     arrived: float,
 ) -> Response:
     job_request = build_request(body, prompt, caller, lm, state)
-    run = await start(state, job_request, caller, arrived, body.stops(), lm)
+    run = await start(state, job_request, caller, arrived, body.stops(), lm, request.scope)
     envelope = Envelope(isinstance(body, ChatRequest), state.name)
     watcher = asyncio.ensure_future(watch_disconnect(request.receive, run.job.cancel))
     if body.stream:

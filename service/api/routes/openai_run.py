@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 from ...errors import InvalidInput, ServiceError
 from ...generation import GenerationJob, GenerationRequest, TextPieces, Token, sampling_seed
 from ...models.causal_lm import CausalLM
 from ..deps import Caller
+from ..metering import count_tokens
 from ..schemas import FocusItem
 from ..state import AppState
 from .generate import token_focus
@@ -211,11 +212,12 @@ async def start(
     arrived: float,
     stops: list[str],
     lm: CausalLM,
+    scope: MutableMapping[str, Any] | None = None,
 ) -> Run:
     """Submit and wait for the first token, so an error until then is a plain HTTP error."""
     assert state.generator is not None
     job = state.generator.submit(request, caller.tier.name, arrived, caller.tier.rank)
-    tokens = job.tokens()
+    tokens = job.tokens() if scope is None else count_tokens(scope, job.tokens())
     try:
         first = await anext(tokens, None)
     except BaseException:
