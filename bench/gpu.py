@@ -29,17 +29,16 @@ import asyncio
 import base64
 import io
 import json
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from modulation import timed
 from peers.harness import (
     HOST,
     PEERS,
@@ -51,27 +50,13 @@ from peers.harness import (
     free_port,
     install_sigterm_handler,
     make_keys,
+    run_main,
     running,
 )
 from peers.loadgen import prepare, run_load
 
 GPU_SHAPES = [(64, 1000), (64, 128256), (8, 150, 512, 512)]
 SMALL_SHAPES = [(64, 1000), (64, 8192), (2, 150, 64, 64)]
-
-
-def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median milliseconds of `fn` (after one warm-up call), synchronised on CUDA."""
-    fn()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples) * 1000
 
 
 # --- modulation -----------------------------------------------------------------------------
@@ -330,8 +315,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; servers stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

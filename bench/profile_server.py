@@ -25,15 +25,14 @@ from pathlib import Path
 from peers.harness import (
     BenchError,
     aim_server,
-    digit_bodies,
     finish_wrk,
     free_port,
     install_sigterm_handler,
     running,
     smoke_test,
     start_wrk,
-    write_lines,
     wrk_command,
+    wrk_setup,
 )
 
 
@@ -100,13 +99,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="aim-profile-") as tmp:
         workdir = Path(tmp)
         server, keys = aim_server(workdir, free_port(), env)
-        bodies = digit_bodies(64)
-        common = {
-            "bodies_file": write_lines(workdir / "bodies.jsonl", bodies),
-            "keys_file": write_lines(workdir / "keys.txt", [k for _, k in keys]),
-            "connections": args.connections,
-            "threads": 2,
-        }
+        bodies, common = wrk_setup(workdir, keys, args.connections, 2)
         url = f"{server.base_url}/predict"
         with running(server, 300) as ready_s:
             print(f"ready after {ready_s:.1f} s", flush=True)

@@ -31,17 +31,17 @@ from peers.harness import (
     HOST,
     BenchError,
     aim_server,
-    digit_bodies,
     finish_wrk,
     free_port,
     install_sigterm_handler,
     machine_info,
+    run_main,
     run_wrk,
     running,
     smoke_test,
     start_wrk,
-    write_lines,
     wrk_command,
+    wrk_setup,
 )
 
 SLOW_REQUEST = b"POST /predict HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * 4096
@@ -108,13 +108,7 @@ def main() -> int:
         workdir = Path(tmp)
         env = {"AIM_HEADER_TIMEOUT_S": str(args.header_timeout), "OMP_NUM_THREADS": "1"}
         server, keys = aim_server(workdir, free_port(), env)
-        bodies = digit_bodies(64)
-        common = {
-            "bodies_file": write_lines(workdir / "bodies.jsonl", bodies),
-            "keys_file": write_lines(workdir / "keys.txt", [k for _, k in keys]),
-            "connections": args.connections,
-            "threads": 1,
-        }
+        bodies, common = wrk_setup(workdir, keys, args.connections, 1)
         url = f"{server.base_url}/predict"
         try:
             with running(server, 300):
@@ -169,8 +163,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; server stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

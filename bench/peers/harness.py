@@ -336,6 +336,29 @@ def smoke_test(server: Server, body: bytes, keys: list[tuple[str, str]]) -> None
             )
 
 
+def wrk_setup(
+    workdir: Path, keys: list[tuple[str, str]], connections: int, threads: int, inputs: int = 64
+) -> tuple[list[bytes], dict[str, Any]]:
+    """Request bodies and the wrk_command arguments (bodies and keys files) for `aim serve`."""
+    bodies = digit_bodies(inputs)
+    common = {
+        "bodies_file": write_lines(workdir / "bodies.jsonl", bodies),
+        "keys_file": write_lines(workdir / "keys.txt", [k for _, k in keys]),
+        "connections": connections,
+        "threads": threads,
+    }
+    return bodies, common
+
+
+def run_main(main: Any) -> None:
+    """`sys.exit(main())`, with Ctrl-C / SIGTERM ending quietly (servers are stopped by then)."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; servers stopped", file=sys.stderr)
+        sys.exit(130)
+
+
 # --- load ----------------------------------------------------------------------------------------
 
 
