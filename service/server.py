@@ -280,6 +280,18 @@ def _queue_full(batcher: Any, queue_size: int) -> bool:
 _OVERLOADED = error_body("unavailable", "the request queue is full, try again shortly")
 
 
+class _Admission:
+    """One admitted request's slot, released by the middleware when the request ends."""
+
+    __slots__ = ("by_rank", "rank")
+
+    def __init__(self, by_rank: dict[int, int], rank: int) -> None:
+        self.by_rank, self.rank = by_rank, rank
+
+    def release(self) -> None:
+        self.by_rank[self.rank] -= 1
+
+
 class OverloadGuard:
     """Refuse inference requests (POST /predict, POST /v2/models/{name}/infer) with 503 before
     their body is read while the server cannot take them: under overload a refusal then costs
@@ -289,22 +301,27 @@ class OverloadGuard:
     still admits a request that displaces a lower tier's), plus a bound on the requests already
     admitted here and not yet finished: a burst of requests whose headers arrive in one loop
     turn would otherwise all pass a queue that is not yet full and be refused later, each after
-    the whole stack ran. While the queue is not full, admitted requests may be up to
-    `queue_size + max_batch_size` (a full queue plus the batch in flight). The middleware
+    the whole stack ran. While the queue is not full, admitted requests of the request's tier or
+    higher may be up to `queue_size + max_batch_size` (a full queue plus the batch in flight);
+    lower tiers in flight do not count, since the queue would displace them for it. The middleware
     releases the admission when the request ends. Refusals are counted in `aim_requests_total`
     (tier "none") and `aim_shed_total` (the key's tier), and summarised in the log at most once
     a second, not one line each."""
 
     def __init__(self, state: Any) -> None:
         self.state = state
-        self.in_flight = 0
+        self.by_rank: dict[int, int] = {}
         self.refusal = Refusal(503, _OVERLOADED, ((b"retry-after", b"1"),))
         self.refused = 0
         self._logged_at = 0.0
         self._logged_count = 0
 
-    def release(self) -> None:
-        self.in_flight -= 1
+    @property
+    def in_flight(self) -> int:
+        return sum(self.by_rank.values())
+
+    def _admitted_at_or_above(self, rank: int) -> int:
+        return sum(n for r, n in self.by_rank.items() if r <= rank)
 
     def _tier_of(self, headers: Headers) -> tuple[int, str]:
         """The rank and name of the key's own tier (X-AIM-Tier can only lower it, so this is
@@ -348,10 +365,13 @@ class OverloadGuard:
         except Exception:  # Unavailable: full (nobody lower to displace) or shutting down
             pass
         else:
-            burst = self.in_flight >= settings.queue_size + settings.max_batch_size
+            # Only requests of this tier or higher count against it: a lower tier's in flight
+            # would be displaced by it in the queue, so they never make it wait or fail.
+            cap = settings.queue_size + settings.max_batch_size
+            burst = self._admitted_at_or_above(rank) >= cap
             if not burst or _queue_full(batcher, settings.queue_size):
-                self.in_flight += 1
-                scope["aim.admission"] = self
+                self.by_rank[rank] = self.by_rank.get(rank, 0) + 1
+                scope["aim.admission"] = _Admission(self.by_rank, rank)
                 return None
         self.state.metrics.observe_request("none", route, 503, 0.0)
         self.refused += 1

@@ -252,7 +252,9 @@ def test_the_overload_guard_refuses_only_inference_posts_while_the_queue_is_full
     state.batcher.full = False
     scope: dict[str, Any] = {}
     assert guard(b"POST", b"/predict", [], scope) is None
-    assert scope["aim.admission"] is guard and guard.in_flight == 2
+    assert guard.in_flight == 2
+    scope["aim.admission"].release()
+    assert guard.in_flight == 1
     counted = state.metrics.requests.labels("none", "/predict", "503")._value.get()
     assert counted == 1  # the bronze refusal on /predict
 
@@ -266,10 +268,12 @@ def test_the_overload_guard_counts_admitted_requests_not_only_the_queue() -> Non
     scopes: list[dict[str, Any]] = [{} for _ in range(6)]
     assert all(guard(b"POST", b"/predict", [], sc) is None for sc in scopes)
     assert guard(b"POST", b"/predict", [], {}) is not None
+    assert guard(b"POST", b"/predict", GOLD, {}) is None  # unranked in flight do not count
+    assert guard(b"POST", b"/predict", [], {}) is not None
     state.batcher.depth = 4  # full: the batcher's tier check alone decides
     assert guard(b"POST", b"/predict", GOLD, {}) is None
-    scopes[0]["aim.admission"].release()
-    scopes[1]["aim.admission"].release()
+    for sc in scopes[:3]:  # 3 unranked + the 2 gold in flight: room for one more
+        sc["aim.admission"].release()
     state.batcher.depth = 0
     assert guard(b"POST", b"/predict", [], {}) is None
 
