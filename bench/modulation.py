@@ -46,7 +46,7 @@ def bench_logits(
     n = logits.shape[0]
     keyed = KeyedNoise(b"bench-modulation")
     params = BatchModulation(
-        torch.full((n,), 4.0, device=device), keyed.seeds([("k", "silver")] * n).to(device)
+        torch.full((n,), 4.0, device=device), keyed.seeds(["silver"] * n).to(device)
     )
     fresh = FreshNoise()
     fresh_ms = timed(lambda: modulate(logits, params, fresh), repeats, device)

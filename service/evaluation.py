@@ -119,7 +119,7 @@ def measure_utility(
     n = logits.shape[0]
     for k in range(keys):
         seeds = (
-            source.seeds([(f"eval-{k}", "eval")] * n)
+            source.seeds([f"eval-{k}"] * n)
             if isinstance(source, KeyedNoise)
             else torch.zeros(n, dtype=torch.int64)
         )
@@ -200,7 +200,7 @@ def eval_focus_command(args: argparse.Namespace) -> int:
         for s in _batches(n):
             m = s.stop - s.start
             field = focus_field([[entry]] * m, logits.shape[1], spatial)  # type: ignore[arg-type]
-            seeds = source.seeds([("eval-0", "eval")] * m)
+            seeds = source.seeds(["eval-0"] * m)
             out = modulate(logits[s], BatchModulation(torch.zeros(m), seeds, field), source)
             pred = _decisions_argmax(out)
             share += float((pred == index).sum())

@@ -46,7 +46,7 @@ async def test_a_runtime_built_directly_serves_a_batch(cache_dir: Path) -> None:
         assert runtime.alive and runtime.batcher is not None
         tier = runtime.tiers.get("gold")
         inputs = torch.zeros(2, 1, 8, 8)
-        item = PredictItem(inputs, tier.name, tier.sigma, keyed.row_seed("k", tier.name))
+        item = PredictItem(inputs, tier.name, tier.sigma, keyed.tier_seed(tier.name))
         predictions = await runtime.batcher.submit(item)
         assert len(predictions) == 2 and predictions[0]["label"] in runtime.adapter.labels
     finally:

@@ -55,8 +55,9 @@ class Caller:
 
     @property
     def seed(self) -> int:
-        """The keyed-noise seed of this caller's (key, tier) pair."""
-        return self.keyed.row_seed(self.key.id, self.tier.name)
+        """The keyed-noise seed of this caller's tier (never of the key: per-key noise is undone
+        by a vote across many cheap keys, docs/MODULATION.md)."""
+        return self.keyed.tier_seed(self.tier.name)
 
     async def admit(self, items: int, focus: bool, tier: str | None = None) -> Caller:
         """The caller at the tier this request is served at, after the tier policy: ``tier``

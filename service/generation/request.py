@@ -37,7 +37,7 @@ class GenerationRequest:
     sigma: float = 0.0
     """Utility noise σ of the tier, ≥ 0; 0 with no focus leaves the logits exact."""
     seed: int = 0
-    """Keyed-noise seed of the tier, ``KeyedNoise.row_seed``; ignored by fresh noise."""
+    """Keyed-noise seed of the tier, ``KeyedNoise.tier_seed``; ignored by fresh noise."""
     focus: tuple[FocusEntry, ...] = ()
     """Token focus: ``class_index`` is a token id (see :meth:`CausalLM.focus_entry`)."""
     sampling_seed: int = 0

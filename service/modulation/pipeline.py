@@ -22,6 +22,9 @@ class BatchModulation:
     """Keyed-noise seed per row (N,) int64, from ``KeyedNoise.seeds``; ignored by fresh noise."""
     focus: torch.Tensor | None = None
     """Signed focus strengths from ``focus_field`` (N×C or N×C×H×W), or None."""
+    cells: torch.Tensor | None = None
+    """Noise cell per row (N,) int64 for N×C logits, e.g. from a ``ReplayMemory``; None: the
+    keyed source digests the logits itself."""
 
 
 def modulate(logits: torch.Tensor, params: BatchModulation, source: NoiseSource) -> torch.Tensor:
@@ -40,7 +43,13 @@ def modulate(logits: torch.Tensor, params: BatchModulation, source: NoiseSource)
         else torch.zeros_like(sigma)
     )
     scale = torch.where(sigma > 0, sigma, torch.where(focus_scale > 0, focus_scale, 1.0))
-    noise = source.sample(logits, params.seeds, scale, 2 if field is not None else 1)
+    streams = 2 if field is not None else 1
+    # Sources written before `cells` existed still work when no cells are given.
+    noise = (
+        source.sample(logits, params.seeds, scale, streams)
+        if params.cells is None
+        else source.sample(logits, params.seeds, scale, streams, cells=params.cells)
+    )
     # Logits and σ were checked above; the unchecked steps avoid a second pass over the logits.
     out = noised(logits, sigma, noise[0])
     if field is not None:

@@ -120,7 +120,7 @@ def test_rows_finish_on_their_own_budget_or_eos(lm: CausalLM) -> None:
 
 
 def test_same_request_with_keyed_noise_gives_the_same_text(lm: CausalLM, keyed: KeyedNoise) -> None:
-    seed = keyed.row_seed("key-a", "silver")
+    seed = keyed.tier_seed("silver")
     requests = [
         GenerationRequest.for_prompt(
             lm, p, max_new_tokens=12, sigma=2.0, seed=seed, temperature=t, top_p=0.9
@@ -141,13 +141,15 @@ def test_same_request_with_keyed_noise_gives_the_same_text(lm: CausalLM, keyed: 
     assert sum(e.finish_reason is not None for e in events) == len(requests)
 
 
-def test_different_keys_give_different_text_at_large_sigma(lm: CausalLM, keyed: KeyedNoise) -> None:
-    def texts(key: str) -> list[str]:
-        seed = keyed.row_seed(key, "bronze")
+def test_different_tiers_give_different_text_at_large_sigma(
+    lm: CausalLM, keyed: KeyedNoise
+) -> None:
+    def texts(tier: str) -> list[str]:
+        seed = keyed.tier_seed(tier)
         requests = [ask(lm, p, max_new_tokens=10, sigma=8.0, seed=seed) for p in PROMPTS]
         return [r.text for r in generate(lm, requests, keyed)]
 
-    a, b = texts("key-a"), texts("key-b")
+    a, b = texts("bronze"), texts("trial")
     assert sum(x != y for x, y in zip(a, b, strict=True)) >= len(PROMPTS) - 1
     clean = [r.text for r in generate(lm, [ask(lm, p, max_new_tokens=10) for p in PROMPTS], keyed)]
     assert a != clean
@@ -169,7 +171,7 @@ def test_sampling_depends_on_the_sampling_seed_only(lm: CausalLM) -> None:
 
 def test_focus_up_raises_the_frequency_of_the_token(lm: CausalLM, keyed: KeyedNoise) -> None:
     token = lm.token_id("red")
-    seed = keyed.row_seed("key-a", "gold")
+    seed = keyed.tier_seed("gold")
 
     def count(focus: tuple[object, ...]) -> int:
         requests = [

@@ -32,8 +32,8 @@ def logits() -> torch.Tensor:
     return torch.randn(16, 10, generator=torch.Generator().manual_seed(1)) * 4
 
 
-def _seeds(keyed: KeyedNoise, n: int, key: str = "k1", tier: str = "silver") -> torch.Tensor:
-    return keyed.seeds([(key, tier)] * n)
+def _seeds(keyed: KeyedNoise, n: int, tier: str = "silver") -> torch.Tensor:
+    return keyed.seeds([tier] * n)
 
 
 def test_sigma_zero_rows_are_bit_identical(logits: torch.Tensor) -> None:
@@ -67,7 +67,7 @@ def test_functions_do_not_modify_input(keyed: KeyedNoise, shape: tuple[int, ...]
 def test_mixed_tier_batch_equals_rows_one_by_one(keyed: KeyedNoise, shape: tuple[int, ...]) -> None:
     z = torch.randn(*shape, generator=torch.Generator().manual_seed(3)) * 5
     n = shape[0]
-    pairs = [(f"key{i % 3}", ["gold", "silver", "bronze"][i % 3]) for i in range(n)]
+    pairs = [["gold", "silver", "bronze"][i % 3] for i in range(n)]
     sigma = torch.tensor([[0.0, 2.0, 8.0][i % 3] for i in range(n)])
     entries = [
         [FocusEntry(i % shape[1], 1 if i % 2 else -1, 3.0)] if i % 2 else [] for i in range(n)
@@ -96,11 +96,10 @@ def test_keyed_noise_is_deterministic_and_keyed(keyed: KeyedNoise, logits: torch
     a = modulate(logits, BatchModulation(sigma, _seeds(keyed, 16)), keyed)
     b = modulate(logits, BatchModulation(sigma, _seeds(keyed, 16)), keyed)
     assert torch.equal(a, b)
-    other_key = modulate(logits, BatchModulation(sigma, _seeds(keyed, 16, key="k2")), keyed)
     other_tier = modulate(logits, BatchModulation(sigma, _seeds(keyed, 16, tier="bronze")), keyed)
     other_secret = KeyedNoise(b"another-secret")
     other = modulate(logits, BatchModulation(sigma, _seeds(other_secret, 16)), other_secret)
-    for c in (other_key, other_tier, other):
+    for c in (other_tier, other):
         assert not torch.isclose(a, c).all(dim=1).any(), "each row must get different noise"
 
 
