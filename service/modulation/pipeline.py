@@ -36,13 +36,10 @@ def modulate(logits: torch.Tensor, params: BatchModulation, source: NoiseSource)
         field = None
     if field is None and not bool((sigma > 0).any()):
         return logits.clone()
-    # The digest grid scales with σ; for a σ = 0 row that asks for focus, with its strength.
-    focus_scale = (
-        field.abs().reshape(field.shape[0], -1).amax(dim=1).to(sigma.device)
-        if field is not None
-        else torch.zeros_like(sigma)
-    )
-    scale = torch.where(sigma > 0, sigma, torch.where(focus_scale > 0, focus_scale, 1.0))
+    # The digest grid scales with σ. A σ = 0 row (a top tier: nothing to hide) that asks for
+    # focus takes a grid of one logit unit: a grid as wide as a strong focus would give every
+    # pixel of a mask one shared |η|, a single lucky or unlucky draw for the whole request.
+    scale = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
     streams = 2 if field is not None else 1
     # Sources written before `cells` existed still work when no cells are given.
     noise = (
