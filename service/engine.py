@@ -3,6 +3,11 @@
 Runs on the batcher's worker thread. Every row carries its own σ, keyed seed and focus, so one
 forward pass serves any mix of keys and tiers; the answer holds labels, indices, scores of the
 *modulated* logits and masks, never the unmodulated logits.
+
+Classification rows under keyed noise go through the tier's replay memory
+(``modulation.memory``): the row's embedding (the network's ``forward_with_embedding`` when it
+has one, else its centred logits) finds a recent near-duplicate of the same tier and clean
+class, whose noise cell it reuses; a first-seen row gets the fine digest of its own logits.
 """
 
 from __future__ import annotations
@@ -17,7 +22,15 @@ import torch
 
 from .errors import ServiceError
 from .metrics import Metrics
-from .modulation import BatchModulation, FocusEntry, NoiseSource, focus_field, modulate
+from .modulation import (
+    BatchModulation,
+    FocusEntry,
+    KeyedNoise,
+    NoiseSource,
+    ReplayMemory,
+    focus_field,
+    modulate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +63,21 @@ class InferenceFailed(ServiceError):
 class Engine:
     """Model + noise source + metrics; `run` is the batcher's `run_batch`."""
 
-    def __init__(self, model: Any, source: NoiseSource, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        model: Any,
+        source: NoiseSource,
+        metrics: Metrics,
+        memory: ReplayMemory | None = None,
+    ) -> None:
         self.model = model
         self.source = source
         self.metrics = metrics
         self.labels: list[str] = list(model.labels)
+        keyed = isinstance(source, KeyedNoise) and model.task == "classification"
+        self.memory = (memory or ReplayMemory()) if keyed else None
+        if self.memory is not None and self.memory.centre is None:
+            self.memory.centre = self._embedding_centre()
 
     def run(self, items: Sequence[PredictItem]) -> list[Any]:
         """One result (list of predictions) or exception per item; a bad item fails alone."""
@@ -71,7 +94,7 @@ class Engine:
         device = self.model.device
         x = torch.cat([it.inputs for it in items]).to(device, non_blocking=True)
         t0 = time.perf_counter()
-        logits = self.model.forward(x)
+        logits, embedding = self._forward(x)
         t1 = time.perf_counter()
         rows = [it.rows for it in items]
         sigma = torch.tensor([it.sigma for it in items]).repeat_interleave(torch.tensor(rows))
@@ -79,11 +102,11 @@ class Engine:
             torch.tensor(rows)
         )
         entries = [it.focus for it in items for _ in range(it.rows)]
-        spatial = tuple(logits.shape[2:]) if logits.dim() == 4 else None
+        spatial = (int(logits.shape[2]), int(logits.shape[3])) if logits.dim() == 4 else None
         fld = focus_field(entries, logits.shape[1], spatial, device)
-        out = modulate(
-            logits, BatchModulation(sigma.to(device), seeds.to(device), fld), self.source
-        )
+        cells = self._cells(logits, embedding, seeds.to(device), sigma, fld, items)
+        params = BatchModulation(sigma.to(device), seeds.to(device), fld, cells)
+        out = modulate(logits, params, self.source)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
@@ -92,6 +115,56 @@ class Engine:
             sum(rows), t1 - t0, t2 - t1, [(it.tier, it.queue_wait) for it in items]
         )
         return results
+
+    def _embedding_centre(self) -> torch.Tensor | None:
+        """The mean embedding of a shipped model's calibration inputs (None for other models:
+        their fallback embedding, the centred logits, needs no centre)."""
+        from .models import SHIPPED, calibration_inputs
+
+        embed = getattr(self.model, "forward_with_embedding", None)
+        if embed is None or self.model.name not in SHIPPED:
+            return None
+        _, embedding = embed(calibration_inputs(self.model.name).to(self.model.device))
+        return None if embedding is None else embedding.mean(dim=0)
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits, and the replay memory's embedding when this engine keeps a memory."""
+        if self.memory is None:
+            return self.model.forward(x), None
+        embed = getattr(self.model, "forward_with_embedding", None)
+        if embed is not None:
+            logits, embedding = embed(x)
+            if embedding is not None:
+                return logits, embedding
+        logits = self.model.forward(x)
+        # Models without an embedding (TorchScript files, ...): the centred logits stand in.
+        return logits, logits - logits.mean(dim=1, keepdim=True)
+
+    def _cells(
+        self,
+        logits: torch.Tensor,
+        embedding: torch.Tensor | None,
+        seeds: torch.Tensor,
+        sigma: torch.Tensor,
+        fld: torch.Tensor | None,
+        items: Sequence[PredictItem],
+    ) -> torch.Tensor | None:
+        """Noise cells of classification rows: own fine digest, or a remembered match's."""
+        if self.memory is None or embedding is None or not isinstance(self.source, KeyedNoise):
+            return None
+        cells = self.source.fine_cells(logits, seeds)
+        noisy = sigma.to(logits.device) > 0
+        if fld is not None:
+            noisy |= (fld != 0).reshape(fld.shape[0], -1).any(dim=1)
+        rows = noisy.nonzero().reshape(-1)
+        if rows.numel() == 0:
+            return cells
+        tiers = [it.tier for it in items for _ in range(it.rows)]
+        picked = [tiers[r] for r in rows.tolist()]
+        cells[rows] = self.memory.assign(
+            picked, embedding[rows], logits[rows].argmax(dim=1), cells[rows]
+        )
+        return cells
 
     def _classify(self, out: torch.Tensor, items: Sequence[PredictItem]) -> list[Any]:
         k = min(max(it.top_k for it in items), out.shape[1])

@@ -327,6 +327,20 @@ class VisionModel:
                 )
             return self._checked_output(out, n)
 
+    def forward_with_embedding(
+        self, batch: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``forward``, and the network's embedding for the replay memory (N×D) when the network
+        has a ``forward_with_embedding`` (the shipped digits CNN); else (logits, None)."""
+        embed = getattr(self.module, "forward_with_embedding", None)
+        if embed is None or self.fixed_batch is not None:
+            return self.forward(batch), None
+        with torch.inference_mode():
+            x = batch.to(self.device, torch.float32)
+            out, embedding = embed(x)
+            out = self._checked_output(out, x.shape[0])
+            return out, embedding.reshape(x.shape[0], -1).to(out.device, torch.float32)
+
     def _call_padded(self, chunk: torch.Tensor) -> torch.Tensor:
         size = cast(int, self.fixed_batch)
         missing = size - chunk.shape[0]

@@ -1,29 +1,38 @@
 """The modulation core: pure torch, no web imports.
 
-Utility noise (``utility``), focus (``focus``), fresh and keyed noise sources (``noise``), one
+Utility noise (``utility``), focus (``focus``), fresh and keyed noise sources (``noise``), the
+per-tier replay memory (``memory``), one
 call for a mixed batch (``pipeline``) and calibration of σ against agreement (``calibration``).
 """
 
 from .calibration import (
+    MAX_SIGMA,
     decisions,
     expected_agreement,
     predicted_accuracy,
+    served_agreement,
+    served_noise,
     sigma_for_agreement,
+    sigma_for_served_agreement,
     survival_probability,
+    valid_cached_sigma,
 )
 from .errors import ModulationArgumentError
 from .focus import FocusEntry, apply_focus, focus_field
+from .memory import ReplayMemory
 from .noise import FreshNoise, KeyedNoise, NoiseSource
 from .pipeline import BatchModulation, modulate
 from .utility import add_utility_noise
 
 __all__ = [
+    "MAX_SIGMA",
     "BatchModulation",
     "FocusEntry",
     "FreshNoise",
     "KeyedNoise",
     "ModulationArgumentError",
     "NoiseSource",
+    "ReplayMemory",
     "add_utility_noise",
     "apply_focus",
     "decisions",
@@ -31,6 +40,10 @@ __all__ = [
     "focus_field",
     "modulate",
     "predicted_accuracy",
+    "served_agreement",
+    "served_noise",
     "sigma_for_agreement",
+    "sigma_for_served_agreement",
     "survival_probability",
+    "valid_cached_sigma",
 ]

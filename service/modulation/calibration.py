@@ -8,18 +8,26 @@ a one-dimensional integral, computed here by Gauss–Hermite quadrature in log s
 over calibration decisions (samples, pixels or decoding steps) it gives A(σ), which falls
 monotonically from 1 to 1/C, so bisection turns a target agreement into σ. With labels, the same
 integral with k = the true label predicts accuracy.
+
+Keyed noise is a fixed function of (secret, tier, input), so the agreement it actually gives on
+the calibration inputs is known exactly, not only in expectation: ``sigma_for_served_agreement``
+bisects σ on that (the integral's σ is the starting guess and stays the prediction the docs
+compare against). ``valid_cached_sigma`` says whether a cached σ can be trusted at all.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from .errors import ModulationArgumentError
+from .noise import KeyedNoise
 
 _NODES = 48
+MAX_SIGMA = 1e4  # the largest σ calibration looks for; a cached σ above it is not trusted
 _CHUNK_ELEMENTS = 1 << 23
 
 
@@ -87,7 +95,7 @@ def predicted_accuracy(logits: torch.Tensor, labels: torch.Tensor, sigma: float)
 
 
 def sigma_for_agreement(
-    logits: torch.Tensor, target: float, tolerance: float = 1e-4, max_sigma: float = 1e4
+    logits: torch.Tensor, target: float, tolerance: float = 1e-4, max_sigma: float = MAX_SIGMA
 ) -> float:
     """The σ at which A(σ) equals ``target`` (bisection on log σ; A is monotone in σ).
 
@@ -118,3 +126,83 @@ def sigma_for_agreement(
         if hi / lo < 1 + tolerance:
             break
     return math.sqrt(lo * hi)
+
+
+def served_agreement(logits: torch.Tensor, sigma: float, noise: torch.Tensor) -> float:
+    """The share of decisions whose top-1 class survives ``logits + σ · noise`` (realised, not
+    expected: the keyed noise actually served is a fixed function of the input)."""
+    z = decisions(logits)
+    eps = decisions(noise)
+    return float(((z + sigma * eps).argmax(dim=1) == z.argmax(dim=1)).double().mean())
+
+
+def sigma_for_served_agreement(
+    logits: torch.Tensor,
+    target: float,
+    noise_at: Callable[[float], torch.Tensor],
+    start: float,
+    iterations: int = 40,
+) -> float:
+    """The σ at which the served agreement on ``logits`` reaches ``target`` (bisection on log σ).
+
+    ``noise_at(σ)`` is the noise served at σ (the same tensor for every σ when the digest does
+    not depend on σ). The served agreement is a step function of σ, not strictly monotone for
+    σ-dependent digests; bisection still ends at a crossing of the target. ``start`` (the ordering
+    integral's σ) brackets the search.
+    """
+    if not (math.isfinite(start) and start > 0):
+        raise ModulationArgumentError("start", start, "has to be a positive number")
+
+    def agreement(s: float) -> float:
+        return served_agreement(logits, s, noise_at(s))
+
+    lo, hi = start / 2.0, start * 2.0
+    for _ in range(30):
+        if agreement(lo) > target:
+            break
+        lo /= 2.0
+    for _ in range(30):
+        if agreement(hi) <= target:
+            break
+        hi *= 2.0
+    for _ in range(iterations):
+        mid = math.sqrt(lo * hi)
+        if agreement(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+        if hi / lo < 1 + 1e-5:
+            break
+    return math.sqrt(lo * hi)
+
+
+def valid_cached_sigma(value: object, target: float) -> float | None:
+    """A cached σ as a float when it can be one for ``target``: a finite number (not a bool),
+    ≥ 0, > 0 for a target below 1, and small enough that ``σ · noise`` stays finite in float32;
+    else None (the caller recomputes)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    sigma = float(value)
+    if not math.isfinite(sigma) or sigma < 0 or sigma > MAX_SIGMA:
+        return None
+    if target < 1.0 and sigma == 0.0:
+        return None
+    return sigma
+
+
+def served_noise(
+    keyed: KeyedNoise, tier: str, logits: torch.Tensor
+) -> Callable[[float], torch.Tensor]:
+    """``noise_at(σ)``: the keyed noise a first-seen input of ``tier`` is served at σ.
+
+    Classification rows (N×C) take the σ-independent fine digest of their logits (the cell a
+    replay memory starts from), so one tensor serves every σ; segmentation pixels (N×C×H×W) take
+    the σ-scaled digest, recomputed per σ.
+    """
+    n = logits.shape[0]
+    seeds = keyed.seeds([tier] * n).to(logits.device)
+    if logits.dim() == 2:
+        cells = keyed.fine_cells(logits, seeds)
+        fixed = keyed.sample(logits, seeds, torch.ones(n), 1, cells=cells)[0]
+        return lambda sigma: fixed
+    return lambda sigma: keyed.sample(logits, seeds, torch.full((n,), float(sigma)), 1)[0]
