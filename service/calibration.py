@@ -23,32 +23,50 @@ import torch
 
 from .config import TierConfig
 from .models.errors import InputError, describe_value
-from .modulation import expected_agreement, sigma_for_agreement
+from .modulation import (
+    KeyedNoise,
+    expected_agreement,
+    served_agreement,
+    served_noise,
+    sigma_for_agreement,
+    sigma_for_served_agreement,
+    valid_cached_sigma,
+)
 
 log = logging.getLogger(__name__)
 
 # Bumped when the calibration method changes, so cached σ from an older method are not reused.
-CALIBRATION_VERSION = "ghq48-v1"
+CALIBRATION_VERSION = "ghq48-v2"  # v2: cached values validated; served-noise σ
 # Part of a generation model's cache key: how its step logits are shortlisted.
 SHORTLIST_METHOD = "shortlist-v1"
 
 
 class CalibrationCache:
-    """σ per (model, calibration inputs, target), in a JSON file; failures only cost a recompute."""
+    """σ per (model, calibration inputs, noise, target), in a JSON file; failures only cost a
+    recompute. Values come back as stored (any JSON value): the caller validates them."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
 
-    def _read(self) -> dict[str, float]:
+    def _read(self) -> dict[str, Any]:
         if self.path is None or not self.path.exists():
             return {}
         try:
             data = json.loads(self.path.read_text())
-            return {k: float(v) for k, v in data.items()} if isinstance(data, dict) else {}
-        except (OSError, ValueError):
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            log.warning(
+                "calibration cache unreadable, recomputing",
+                extra={"file": str(self.path), "error": f"{type(exc).__name__}: {exc}"[:200]},
+            )
             return {}
+        if not isinstance(data, dict):
+            log.warning(
+                "calibration cache is not a mapping, recomputing", extra={"file": str(self.path)}
+            )
+            return {}
+        return data
 
-    def get(self, key: str) -> float | None:
+    def get(self, key: str) -> Any:
         return self._read().get(key)
 
     def put(self, key: str, sigma: float) -> None:
@@ -65,12 +83,17 @@ class CalibrationCache:
             log.warning("calibration cache not written", extra={"error": str(exc)})
 
 
-def calibration_key(model_fingerprint: str, inputs: torch.Tensor, target: float) -> str:
+def calibration_key(
+    model_fingerprint: str, inputs: torch.Tensor, target: float, noise: str = ""
+) -> str:
+    """``noise`` names the served noise σ was calibrated against (empty: the integral)."""
     h = hashlib.sha256()
     h.update(CALIBRATION_VERSION.encode())
     h.update(model_fingerprint.encode())
     h.update(inputs.detach().cpu().contiguous().numpy().tobytes())
     h.update(repr(float(target)).encode())
+    if noise:
+        h.update(b"\x00served\x00" + noise.encode())
     return h.hexdigest()
 
 
@@ -86,14 +109,42 @@ class CalibrationSet:
     calibration data (then only raw `sigma` and `utility: 1.0` tiers can be served)."""
     logits: Callable[[], torch.Tensor] | None
     """Decisions × classes logits of the calibration inputs; None without calibration data."""
+    served: bool = False
+    """Calibrate on the keyed noise actually served (vision models: the logits are the model's
+    own, cheap to recompute, so a cached σ is also checked against its target)."""
+
+
+# A cached σ is trusted when it reproduces its target on the calibration logits within this.
+SERVED_TOLERANCE = 0.01
+INTEGRAL_TOLERANCE = 0.005
 
 
 def tier_sigmas(
-    configs: Sequence[TierConfig], calibration: CalibrationSet, cache: CalibrationCache | None
+    configs: Sequence[TierConfig],
+    calibration: CalibrationSet,
+    cache: CalibrationCache | None,
+    keyed: KeyedNoise | None = None,
 ) -> dict[str, float]:
     """Every tier's σ: raw `sigma` as given, `utility` 1 as 0, other `utility` targets by
-    calibration (cached; the logits are computed at most once)."""
-    logits: torch.Tensor | None = None
+    calibration (cached; the logits are computed at most once).
+
+    With ``keyed`` (the server's keyed noise) and a vision model, σ is bisected on the agreement
+    the tier's keyed noise actually gives on the calibration inputs, starting from the ordering
+    integral's σ. A cached σ is used only when valid (a finite number, > 0 for a target below 1,
+    within the largest σ calibration looks for) and, for vision models, when it reproduces the
+    target on the calibration logits; anything else is recomputed with a warning naming the
+    file, so a tampered cache can neither serve a tier at another utility nor stop the server.
+    """
+    state: dict[str, torch.Tensor] = {}
+
+    def logits() -> torch.Tensor:
+        if calibration.logits is None:
+            raise ValueError("no calibration logits")
+        if "z" not in state:
+            state["z"] = calibration.logits()
+        return state["z"]
+
+    served = keyed is not None and calibration.served
     sigmas: dict[str, float] = {}
     for cfg in configs:
         if cfg.sigma is not None:
@@ -103,27 +154,58 @@ def tier_sigmas(
         if cfg.utility >= 1.0:
             sigmas[cfg.name] = 0.0
             continue
+        noise = (
+            hashlib.sha256(str(keyed.tier_seed(cfg.name)).encode()).hexdigest()
+            if served and keyed
+            else ""
+        )
         key = (
-            calibration_key(calibration.fingerprint, calibration.inputs, cfg.utility)
+            calibration_key(calibration.fingerprint, calibration.inputs, cfg.utility, noise)
             if calibration.inputs is not None
             else None
         )
-        cached = cache.get(key) if cache is not None and key is not None else None
-        if cached is not None:
-            sigmas[cfg.name] = cached
-            continue
+        raw = cache.get(key) if cache is not None and key is not None else None
+        if raw is not None:
+            sigma = valid_cached_sigma(raw, cfg.utility)
+            if sigma is not None and calibration.served and calibration.logits is not None:
+                sigma = _reproduces(
+                    logits(), sigma, cfg.utility, keyed if served else None, cfg.name
+                )
+            if sigma is not None:
+                sigmas[cfg.name] = sigma
+                continue
+            log.warning(
+                "calibration cache entry rejected, recomputing",
+                extra={
+                    "file": str(cache.path if cache is not None else ""),
+                    "tier": cfg.name,
+                    "value": repr(raw)[:60],
+                },
+            )
         if calibration.logits is None:
             raise ValueError(
                 f"tiers.{cfg.name}.utility needs calibration inputs for this model; "
                 "give a raw `sigma` instead"
             )
-        if logits is None:
-            logits = calibration.logits()
-        sigma = sigma_for_agreement(logits, cfg.utility)
+        sigma = sigma_for_agreement(logits(), cfg.utility)
+        if served and keyed is not None:
+            noise_at = served_noise(keyed, cfg.name, logits())
+            sigma = sigma_for_served_agreement(logits(), cfg.utility, noise_at, start=sigma)
         if cache is not None and key is not None:
             cache.put(key, sigma)
         sigmas[cfg.name] = sigma
     return sigmas
+
+
+def _reproduces(
+    z: torch.Tensor, sigma: float, target: float, keyed: KeyedNoise | None, tier: str
+) -> float | None:
+    """``sigma`` when it gives ``target`` on the calibration logits ``z`` (quick check)."""
+    if keyed is not None:
+        got = served_agreement(z, sigma, served_noise(keyed, tier, z)(sigma))
+        return sigma if abs(got - target) <= SERVED_TOLERANCE else None
+    got = expected_agreement(z, sigma)
+    return sigma if abs(got - target) <= INTEGRAL_TOLERANCE else None
 
 
 # Calibration data per model kind ----------------------------------------------------------------
@@ -151,7 +233,7 @@ def vision_calibration(adapter: Any, model: str | dict[str, Any]) -> Calibration
     def logits() -> torch.Tensor:
         return adapter.forward(inputs.to(adapter.device)).cpu()
 
-    return CalibrationSet(adapter.fingerprint(), inputs, logits)
+    return CalibrationSet(adapter.fingerprint(), inputs, logits, served=True)
 
 
 def generation_calibration(lm: Any, targets: Sequence[float]) -> CalibrationSet:

@@ -125,5 +125,7 @@ def load_runtime(
     adapter.warmup()
     calibration = calibration_set(adapter, config.model, config.tiers)
     cache = CalibrationCache(settings.cache_dir / "calibration.json")
-    tiers = build_tiers(config.tiers, tier_sigmas(config.tiers, calibration, cache))
+    # Keyed noise is a fixed function: σ is calibrated on the agreement it actually serves.
+    served = source if isinstance(source, KeyedNoise) else None
+    tiers = build_tiers(config.tiers, tier_sigmas(config.tiers, calibration, cache, served))
     return Runtime(model_name(config.model), adapter, tiers, source)
