@@ -1,152 +1,176 @@
-"""Replay resistance of keyed noise: does majority voting over repeated queries recover utility?
+"""Offline study of replay resistance on `digits`: vote gain per augmentation family against
+per-class fairness, for several noise constructions (no server; the modulation core only).
 
-For each shipped model, at the σ that gives about 65% accuracy (pixel accuracy for scenes):
-single-query accuracy, and majority vote over 32 queries that are identical, or that each carry
-independent input jitter (std 2% of the input range), for keyed and fresh noise, over several
-keys. Also the spread of single-query accuracy across keys (fairness: every key of a tier gets
-the tier's utility; fresh noise gives the binomial floor).
+At bronze (σ for a target agreement, default 0.65, by the ordering integral on the calibration
+split), for each construction:
 
-    python bench/replay.py [--keys 20] [--queries 32] [--jitter 0.02] [--out out/replay.json]
+* vote gain: majority over 32 augmented copies of each of 200 held-out images, per family and
+  mixed, minus the single-query accuracy on the originals; "orig first" asks the original before
+  the copies (a replay memory then anchors on it), otherwise the copies come alone;
+* fairness: all 1,797 digits asked once in a shuffled order; per class, realised agreement
+  against the ordering integral's prediction at the same overall agreement; the worst class's
+  distance in units of its bound max(12 pp, 4.5 binomial SD) (≤ 1 passes).
+
+Constructions: `grid` (the old σ-scaled logit grid digest), `fine` (σ-independent fine digest, no
+memory), `fresh` (iid noise per query), `memory@T` (a per-tier replay memory on the penultimate
+embedding, cosine threshold T, reusing the match's noise) and `answer@T` (reusing the match's
+whole modulated answer).
+
+    python bench/replay.py [--target 0.65] [--thresholds 0.97,0.98,0.99] [--secrets 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
+from augment import FAMILIES, augment
 
-from service.models import heldout, load_model
-from service.modulation import BatchModulation, FreshNoise, KeyedNoise, modulate, predicted_accuracy
+from service.models import load_model
+from service.models.data import digits_splits
+from service.modulation import KeyedNoise, ReplayMemory, sigma_for_agreement, survival_probability
 
-
-def sigma_for_accuracy(logits: torch.Tensor, labels: torch.Tensor, target: float) -> float:
-    flat_logits = (
-        logits if logits.dim() == 2 else logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
-    )
-    flat_labels = labels.reshape(-1)
-    lo, hi = 0.01, 100.0
-    for _ in range(40):
-        mid = (lo * hi) ** 0.5
-        if predicted_accuracy(flat_logits, flat_labels, mid) > target:
-            lo = mid
-        else:
-            hi = mid
-    return (lo * hi) ** 0.5
+TIER = "bronze"
 
 
-def run_model(
-    name: str,
-    keys: int,
-    queries: int,
-    jitter: float,
-    target: float,
-    keyed_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    model = load_model(name)
-    inputs, labels = heldout(name)
-    spec = model.input_spec
-    span = (spec.high - spec.low) / spec.scale  # the prepared input range
-    with torch.inference_mode():
-        clean = model.forward(inputs)
-    sigma = sigma_for_accuracy(clean, labels, target)
-    n = inputs.shape[0]
-    gen = torch.Generator().manual_seed(0)
-    jittered = []
-    for _ in range(queries):
-        x = inputs + jitter * span * torch.randn(inputs.shape, generator=gen)
-        x = x.clamp(spec.low / spec.scale, spec.high / spec.scale)
-        with torch.inference_mode():
-            jittered.append(model.forward(x))
-    result: dict[str, Any] = {
-        "model": name,
-        "sigma": round(sigma, 4),
-        "keys": keys,
-        "queries": queries,
-        "jitter": jitter,
-        "decisions": int(labels.numel()),
-    }
-    for mode in ("keyed", "fresh"):
-        source: Any = (
-            KeyedNoise(b"bench-replay", **(keyed_options or {}))
-            if mode == "keyed"
-            else FreshNoise(torch.Generator().manual_seed(1))
+class Served:
+    """One construction: answers (labels) for a sequence of query batches, memory kept across."""
+
+    def __init__(
+        self, kind: str, secret: bytes, sigma: float, threshold: float = 0.98, chain: bool = True
+    ) -> None:
+        self.kind, self.sigma = kind, sigma
+        self.keyed = KeyedNoise(secret)
+        self.memory = (
+            ReplayMemory(threshold=threshold, chain=chain) if kind in ("memory", "answer") else None
         )
-        single, vote_same, vote_jit = [], [], []
-        for k in range(keys):
-            seeds = KeyedNoise(b"bench-replay").seeds([(f"key-{k}", "silver")] * n)
-            params = BatchModulation(torch.full((n,), sigma), seeds)
+        self.answers: dict[int, int] = {}
+        self.gen = torch.Generator().manual_seed(int.from_bytes(secret[:4], "little"))
 
-            def acc(pred: torch.Tensor) -> float:
-                return float((pred == labels).float().mean())
+    def ask(self, z: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        n = z.shape[0]
+        seeds = self.keyed.seeds([TIER] * n)
+        if self.kind == "fresh":
+            return (z + self.sigma * torch.randn(z.shape, generator=self.gen)).argmax(1)
+        if self.kind == "grid":
+            noise = self.keyed.sample(z, seeds, torch.full((n,), self.sigma), 1)[0]
+            return (z + self.sigma * noise).argmax(1)
+        cells = self.keyed.fine_cells(z, seeds)
+        if self.memory is not None:
+            cells = self.memory.assign([TIER] * n, emb, z.argmax(1), cells)
+        noise = self.keyed.sample(z, seeds, torch.ones(n), 1, cells=cells)[0]
+        labels = (z + self.sigma * noise).argmax(1)
+        if self.kind == "answer":
+            # The first answer given in a cell is the cell's answer from then on.
+            out = []
+            for c, lab in zip(cells.tolist(), labels.tolist(), strict=True):
+                out.append(self.answers.setdefault(c, lab))
+            labels = torch.tensor(out)
+        return labels
 
-            preds_same = torch.stack(
-                [modulate(clean, params, source).argmax(1) for _ in range(queries)]
-            )
-            preds_jit = torch.stack([modulate(z, params, source).argmax(1) for z in jittered])
-            single.append(acc(preds_same[0]))
-            vote_same.append(acc(preds_same.mode(dim=0).values))
-            vote_jit.append(acc(preds_jit.mode(dim=0).values))
-        s = statistics.mean(single)
-        result[mode] = {
-            "single": round(s, 4),
-            "vote_identical": round(statistics.mean(vote_same), 4),
-            "vote_jitter": round(statistics.mean(vote_jit), 4),
-            "gain_identical_pp": round(100 * (statistics.mean(vote_same) - s), 2),
-            "gain_jitter_pp": round(100 * (statistics.mean(vote_jit) - s), 2),
-            "spread_across_keys_pp": round(100 * statistics.pstdev(single), 2),
-        }
+
+CENTRE: list[torch.Tensor] = []
+
+
+def forward(model: Any, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.inference_mode():
-        result["clean_accuracy"] = round(float((clean.argmax(1) == labels).float().mean()), 4)
-    return result
+        z, e = model.module.forward_with_embedding((raw / 16.0)[:, None])
+    return z, (e - CENTRE[0] if CENTRE else e)
+
+
+def vote_gains(
+    make: Any, model: Any, x: torch.Tensor, y: torch.Tensor, copies: int
+) -> dict[str, float]:
+    z0, e0 = forward(model, x)
+    out: dict[str, float] = {}
+    for first in (True, False):
+        for family in (*FAMILIES, "mixed"):
+            served = make()
+            gen = torch.Generator().manual_seed(hash(family) % 1000)
+            if first:
+                served.ask(z0, e0)
+            votes = []
+            for _ in range(copies):
+                z, e = forward(model, augment(x, family, gen))
+                votes.append(served.ask(z, e))
+            stack = torch.stack(votes)
+            vote = stack.mode(dim=0).values
+            # Against what one such query gets: the mean accuracy of the answers voted on.
+            gain = float((vote == y).float().mean() - (stack == y).float().mean())
+            out[f"{family}{'' if first else '/alone'}"] = round(100 * gain, 1)
+    return out
+
+
+def fairness(make: Any, model: Any, x: torch.Tensor) -> dict[str, float]:
+    z, e = forward(model, x)
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(7))
+    served = make()
+    labels = torch.empty(x.shape[0], dtype=torch.int64)
+    for start in range(0, len(order), 8):
+        idx = order[start : start + 8]
+        labels[idx] = served.ask(z[idx], e[idx])
+    top = z.argmax(1)
+    agree = (labels == top).float()
+    overall = float(agree.mean())
+    # The σ at which iid noise gives the realised overall agreement: the per-class prediction.
+    sigma_eq = sigma_for_agreement(z, min(max(overall, 0.11), 0.999))
+    p = survival_probability(z, sigma_eq)
+    worst = 0.0
+    for c in range(10):
+        m = top == c
+        pc = float(p[m].mean())
+        bound = max(0.12, 4.5 * math.sqrt(pc * (1 - pc) / int(m.sum())))
+        worst = max(worst, abs(float(agree[m].mean()) - pc) / bound)
+    matched = served.memory.stats.matched if served.memory is not None else 0
+    return {"agreement": round(overall, 4), "worst_class": round(worst, 2), "merged": matched}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--keys", type=int, default=20)
-    parser.add_argument("--queries", type=int, default=32)
-    parser.add_argument("--jitter", type=float, default=0.02)
     parser.add_argument("--target", type=float, default=0.65)
-    parser.add_argument("--models", default="digits,digit-scenes")
-    parser.add_argument("--step-factor", type=float, default=None, help="KeyedNoise step_factor")
-    parser.add_argument("--projections", type=int, default=None, help="KeyedNoise projections")
-    parser.add_argument("--smooth", type=int, default=None, help="KeyedNoise smooth window")
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--copies", type=int, default=32)
+    parser.add_argument("--thresholds", default="0.97,0.98,0.99")
+    parser.add_argument("--kinds", default="grid,fine,fresh,memory,answer")
+    parser.add_argument("--secrets", type=int, default=3)
+    parser.add_argument("--centre", action="store_true", help="centre embeddings (calibration)")
+    parser.add_argument("--no-chain", action="store_true", help="store first-seen rows only")
     parser.add_argument("--out", type=Path, default=Path("out/replay.json"))
     args = parser.parse_args()
-    results = []
-    for name in args.models.split(","):
-        keys = args.keys if name == "digits" else max(4, args.keys // 4)
-        options = {
-            "step_factor": args.step_factor,
-            "projections": args.projections,
-            "smooth": args.smooth,
-        }
-        options = {k: v for k, v in options.items() if v is not None}
-        r = run_model(name, keys, args.queries, args.jitter, args.target, options)
-        results.append(r)
-        print(
-            f"\n{name}: σ={r['sigma']} clean={r['clean_accuracy']} keys={keys} "
-            f"decisions={r['decisions']}"
-        )
-        print(
-            f"{'noise':>6} {'single':>8} {'vote32 same':>12} {'gain':>7} {'vote32 jit':>11} "
-            f"{'gain':>7} {'spread':>7}"
-        )
-        for mode in ("keyed", "fresh"):
-            m = r[mode]
-            print(
-                f"{mode:>6} {m['single']:>8.4f} {m['vote_identical']:>12.4f} "
-                f"{m['gain_identical_pp']:>+6.1f}pp {m['vote_jitter']:>11.4f} "
-                f"{m['gain_jitter_pp']:>+6.1f}pp "
-                f"{m['spread_across_keys_pp']:>5.1f}pp"
-            )
+    model = load_model("digits")
+    splits = digits_splits()
+    cal = torch.from_numpy(splits.calibration[0].copy())
+    held_x = torch.from_numpy(splits.heldout[0][: args.images].copy())
+    held_y = torch.from_numpy(splits.heldout[1][: args.images].copy())
+    every = torch.cat([torch.from_numpy(s[0].copy()) for s in (splits.train, splits.calibration)])
+    every = torch.cat([every, torch.from_numpy(splits.heldout[0].copy())])
+    if args.centre:
+        CENTRE.append(forward(model, cal)[1].mean(dim=0))
+    sigma = sigma_for_agreement(forward(model, cal)[0], args.target)
+    print(f"digits, target {args.target}: σ = {sigma:.3f}")
+    rows = []
+    for kind in args.kinds.split(","):
+        for t in args.thresholds.split(",") if kind in ("memory", "answer") else ["-"]:
+            name = kind if t == "-" else f"{kind}@{t}"
+            for s in range(args.secrets):
+                secret = f"study-{s}".encode()
+
+                def make(kind: str = kind, t: str = t, secret: bytes = secret) -> Served:
+                    threshold = float(t) if t != "-" else 0.98
+                    return Served(kind, secret, sigma, threshold, not args.no_chain)
+
+                gains = vote_gains(make, model, held_x, held_y, args.copies)
+                fair = fairness(make, model, every)
+                rows.append({"construction": name, "secret": s, **gains, **fair})
+                print(json.dumps(rows[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    args.out.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,61 @@
+"""Label-preserving augmentations of raw images (N×H×W in [0, high]), as an attacker would use.
+
+Families (each seeded, so every figure reproduces): 1-pixel shifts, brightness ×0.85–1.15,
+contrast ×0.85–1.15 about the image mean, jitter of std up to 10% of the range, dropped pixels
+(5% set to 0), slight blur (a 3×3 Gaussian of σ 0.5 mixed in). ``mixed`` draws a family per copy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+FAMILIES = ("shift", "brightness", "contrast", "jitter", "dropout", "blur")
+
+
+def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    dy, dx = (int(v) for v in torch.randint(-1, 2, (2,), generator=gen))
+    if dy == dx == 0:
+        dx = 1
+    out = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+    # Zero fill instead of wrapping around: a shifted photo does not wrap.
+    if dy == 1:
+        out[..., 0, :] = 0
+    elif dy == -1:
+        out[..., -1, :] = 0
+    if dx == 1:
+        out[..., :, 0] = 0
+    elif dx == -1:
+        out[..., :, -1] = 0
+    return out
+
+
+def _blur(x: torch.Tensor) -> torch.Tensor:
+    k1 = torch.exp(-(torch.arange(-1.0, 2.0) ** 2) / (2 * 0.5**2))
+    k = (k1[:, None] * k1[None, :]) / k1.sum() ** 2
+    y = F.conv2d(x.reshape(-1, 1, *x.shape[-2:]), k[None, None], padding=1)
+    return y.reshape(x.shape)
+
+
+def augment(x: torch.Tensor, family: str, gen: torch.Generator, high: float = 16.0) -> torch.Tensor:
+    """One augmented copy of every image in ``x`` (N×H×W raw values), clamped to [0, high]."""
+    n = x.shape[0]
+    if family == "mixed":
+        return augment(x, FAMILIES[int(torch.randint(len(FAMILIES), (1,), generator=gen))], gen)
+    if family == "shift":
+        out = _shift(x.clone(), gen)
+    elif family == "brightness":
+        out = x * (0.85 + 0.3 * torch.rand(n, 1, 1, generator=gen))
+    elif family == "contrast":
+        mean = x.mean(dim=(-2, -1), keepdim=True)
+        out = mean + (x - mean) * (0.85 + 0.3 * torch.rand(n, 1, 1, generator=gen))
+    elif family == "jitter":
+        std = 0.10 * high * torch.rand(n, 1, 1, generator=gen)
+        out = x + std * torch.randn(x.shape, generator=gen)
+    elif family == "dropout":
+        out = x * (torch.rand(x.shape, generator=gen) >= 0.05)
+    elif family == "blur":
+        out = x + (0.3 + 0.4 * torch.rand(n, 1, 1, generator=gen)) * (_blur(x) - x)
+    else:
+        raise ValueError(f"family: {family!r} is not one of {', '.join(FAMILIES)}, mixed")
+    return out.clamp(0.0, high)
