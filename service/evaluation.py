@@ -126,9 +126,15 @@ def measure_utility(
         hits_acc = hits_agree = 0.0
         total = 0
         for s in _batches(n):
-            out = modulate(
-                logits[s], BatchModulation(torch.full((s.stop - s.start,), sigma), seeds[s]), source
+            # Classification serves the fine digest of the logits (a replay memory's first-seen
+            # cell); segmentation the σ-scaled pixel digest, which modulate computes itself.
+            cells = (
+                source.fine_cells(logits[s], seeds[s])
+                if isinstance(source, KeyedNoise) and logits.dim() == 2
+                else None
             )
+            sig = torch.full((s.stop - s.start,), sigma)
+            out = modulate(logits[s], BatchModulation(sig, seeds[s], cells=cells), source)
             pred = _decisions_argmax(out)
             hits_acc += float((pred == labels[s]).sum())
             hits_agree += float((pred == clean[s]).sum())

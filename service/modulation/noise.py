@@ -98,7 +98,10 @@ class KeyedNoise:
     ``projections`` and ``step_factor`` set the digest; larger steps resist jittered replays
     better, smaller steps spread noise over more cells (fairer across inputs). ``table_budget``
     bounds each Gaussian table to about that many floats (rows = a power of two in [64, 65536]).
-    ``smooth`` (segmentation only) is the window of the local mean the pixel digest is taken of.
+    ``smooth`` and ``pixel_step_factor`` (segmentation only) are the window of the local mean the
+    pixel digest is taken of and its grid step: a 1-pixel shift of a canvas moves the shipped
+    segmenter's pixel logits far (it folds 4×4 pixels per cell), so the pixel grid is coarser
+    than the row grid (docs/MODULATION.md has the measured trade-off).
     """
 
     def __init__(
@@ -107,7 +110,8 @@ class KeyedNoise:
         projections: int = 4,
         step_factor: float = 0.35,
         table_budget: int = 1 << 22,
-        smooth: int = 3,
+        smooth: int = 9,
+        pixel_step_factor: float = 1.4,
     ) -> None:
         if not secret:
             raise ModulationArgumentError("secret", "empty", "has to be non-empty bytes")
@@ -118,6 +122,11 @@ class KeyedNoise:
         self._secret = secret
         self.projections = projections
         self.step_factor = float(step_factor)
+        if not (math.isfinite(pixel_step_factor) and pixel_step_factor > 0):
+            raise ModulationArgumentError(
+                "pixel_step_factor", pixel_step_factor, "has to be positive"
+            )
+        self.pixel_step_factor = float(pixel_step_factor)
         self.table_budget = table_budget
         if smooth < 1 or smooth % 2 == 0:
             raise ModulationArgumentError("smooth", smooth, "has to be an odd integer >= 1")
@@ -189,7 +198,8 @@ class KeyedNoise:
                 ).reshape(n, self.projections, -1)
             p = p.transpose(1, 2).to(torch.float64)  # N×HW×P
             shape = (n, 1, 1)
-        step = (scale.to(logits.device, torch.float64) * self.step_factor).clamp_min(1e-6)
+        factor = self.step_factor if logits.dim() == 2 else self.pixel_step_factor
+        step = (scale.to(logits.device, torch.float64) * factor).clamp_min(1e-6)
         salts, weights = self._salts(logits.device)
         # Per-tier grid offsets in [0, 1), one per projection (N×P), broadcast over pixels.
         offset = _fmix(lo[:, None] ^ salts).to(torch.float64) / (1 << 31)

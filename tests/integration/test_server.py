@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -57,8 +58,12 @@ def test_tiers_measured_through_http(live_server: LiveServer) -> None:
             for key in live_server.keys[tier]:
                 preds = _predict_all(client, key, x)
                 agreements.append(sum(p == c for p, c in zip(preds, clean, strict=True)) / len(x))
-            mean = sum(agreements) / len(agreements)
-            assert abs(mean - target) <= 0.02, (tier, mean, agreements)
+            # Noise is scoped to the tier: every key gets the same answers, so the tier is one
+            # draw of held-out noise, within binomial error of its target (σ is calibrated on
+            # the served agreement of the separate calibration split).
+            assert len(set(agreements)) == 1, (tier, agreements)
+            bound = 3.5 * math.sqrt(target * (1 - target) / len(x))
+            assert abs(agreements[0] - target) <= bound, (tier, agreements[0], bound)
 
 
 def _one(url: str, key: str, body: Any, tier: str | None = None) -> tuple[int, Any]:
