@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import math
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from augment import FAMILIES, augment
+from augment import FAMILIES, augment, worst_class
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -43,7 +42,6 @@ from service.config import ServiceConfig
 from service.keys import KeyRecord, KeyStore, generate_key, hash_key
 from service.models import heldout, load_model
 from service.models.data import digits_splits
-from service.modulation import sigma_for_agreement, survival_probability
 from service.settings import Settings
 
 KEYS = {f"bronze-{i}": generate_key() for i in range(21)} | {"gold": generate_key()}
@@ -193,15 +191,7 @@ def honest_utility(args: argparse.Namespace, table: list[str]) -> None:
     for who, headers in (("bronze-0", {}), ("gold", {"X-AIM-Tier": "bronze"})):
         with server("digits", args.secret) as client:
             labels = ask(client, who, lists, chunk=8, headers=headers)
-        agree = labels == top
-        overall = float(agree.mean())
-        p = survival_probability(z, sigma_for_agreement(z, overall)).numpy()
-        worst = 0.0
-        for c in range(10):
-            m = top == c
-            pc = float(p[m].mean())
-            bound = max(0.12, 4.5 * math.sqrt(pc * (1 - pc) / int(m.sum())))
-            worst = max(worst, abs(float(agree[m].mean()) - pc) / bound)
+        overall, worst = worst_class(z, torch.as_tensor(labels == top))
         name = "bronze key" if who != "gold" else "gold key lowered"
         table.append(
             f"| digits, 1,797: {name} | agreement {overall:.4f} ({100 * (overall - 0.65):+.2f} pp) "

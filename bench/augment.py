@@ -7,8 +7,12 @@ contrast ×0.85–1.15 about the image mean, jitter of std up to 10% of the rang
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+from service.modulation import sigma_for_agreement, survival_probability
 
 FAMILIES = ("shift", "brightness", "contrast", "jitter", "dropout", "blur")
 
@@ -59,3 +63,21 @@ def augment(x: torch.Tensor, family: str, gen: torch.Generator, high: float = 16
     else:
         raise ValueError(f"family: {family!r} is not one of {', '.join(FAMILIES)}, mixed")
     return out.clamp(0.0, high)
+
+
+def worst_class(z: torch.Tensor, agree: torch.Tensor) -> tuple[float, float]:
+    """(overall agreement, the worst class's distance from the ordering integral's per-class
+    prediction at the same overall agreement, in units of max(12 pp, 4.5 binomial SD))."""
+    top = z.argmax(1)
+    agree = agree.to(torch.float64)
+    overall = float(agree.mean())
+    p = survival_probability(z, sigma_for_agreement(z, min(max(overall, 0.11), 0.999)))
+    worst = 0.0
+    for c in range(z.shape[1]):
+        m = top == c
+        if not bool(m.any()):
+            continue
+        pc = float(p[m].mean())
+        bound = max(0.12, 4.5 * math.sqrt(pc * (1 - pc) / int(m.sum())))
+        worst = max(worst, abs(float(agree[m].mean()) - pc) / bound)
+    return overall, worst

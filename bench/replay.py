@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
-from augment import FAMILIES, augment
+from augment import FAMILIES, augment, worst_class
 
 from service.models import load_model
 from service.models.data import digits_splits
-from service.modulation import KeyedNoise, ReplayMemory, sigma_for_agreement, survival_probability
+from service.modulation import KeyedNoise, ReplayMemory, sigma_for_agreement
 
 TIER = "bronze"
 
@@ -113,18 +112,7 @@ def fairness(make: Any, model: Any, x: torch.Tensor) -> dict[str, float]:
     for start in range(0, len(order), 8):
         idx = order[start : start + 8]
         labels[idx] = served.ask(z[idx], e[idx])
-    top = z.argmax(1)
-    agree = (labels == top).float()
-    overall = float(agree.mean())
-    # The σ at which iid noise gives the realised overall agreement: the per-class prediction.
-    sigma_eq = sigma_for_agreement(z, min(max(overall, 0.11), 0.999))
-    p = survival_probability(z, sigma_eq)
-    worst = 0.0
-    for c in range(10):
-        m = top == c
-        pc = float(p[m].mean())
-        bound = max(0.12, 4.5 * math.sqrt(pc * (1 - pc) / int(m.sum())))
-        worst = max(worst, abs(float(agree[m].mean()) - pc) / bound)
+    overall, worst = worst_class(z, labels == z.argmax(1))
     matched = served.memory.stats.matched if served.memory is not None else 0
     return {"agreement": round(overall, 4), "worst_class": round(worst, 2), "merged": matched}
 

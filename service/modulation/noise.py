@@ -34,6 +34,8 @@ import torch
 
 from .errors import ModulationArgumentError
 
+_T = torch.Tensor
+_C = torch.Tensor | None  # a row's own noise cells, or None
 _MASK31 = (1 << 31) - 1
 _M1 = 0x45D9F3B
 _M2 = 0x5BD1E995
@@ -44,14 +46,7 @@ FINE_STEP = 0.01
 class NoiseSource(Protocol):
     """Produces standard normal noise with the shape of ``logits``, one tensor per stream."""
 
-    def sample(
-        self,
-        logits: torch.Tensor,
-        seeds: torch.Tensor,
-        scale: torch.Tensor,
-        streams: int,
-        cells: torch.Tensor | None = None,
-    ) -> list[torch.Tensor]:
+    def sample(self, logits: _T, seeds: _T, scale: _T, streams: int, cells: _C = None) -> list[_T]:
         """``seeds`` (int64, one per row) and ``scale`` (one per row) key and size the digest;
         ``cells`` (N,), for N×C logits, replaces the digest (a replay memory's choice)."""
         ...
@@ -64,13 +59,8 @@ class FreshNoise:
         self.generator = generator
 
     def sample(
-        self,
-        logits: torch.Tensor,
-        seeds: torch.Tensor,
-        scale: torch.Tensor,
-        streams: int,
-        cells: torch.Tensor | None = None,
-    ) -> list[torch.Tensor]:
+        self, logits: _T, seeds: _T, scale: _T, streams: int, cells: _T | None = None
+    ) -> list[_T]:
         return [
             torch.randn(
                 logits.shape, generator=self.generator, dtype=logits.dtype, device=logits.device
@@ -228,14 +218,7 @@ class KeyedNoise:
         spread = logits.to(torch.float64).std(dim=1).clamp_min(1e-6)
         return self.digest(logits, seeds, spread * (FINE_STEP / self.step_factor))
 
-    def sample(
-        self,
-        logits: torch.Tensor,
-        seeds: torch.Tensor,
-        scale: torch.Tensor,
-        streams: int,
-        cells: torch.Tensor | None = None,
-    ) -> list[torch.Tensor]:
+    def sample(self, logits: _T, seeds: _T, scale: _T, streams: int, cells: _C = None) -> list[_T]:
         n, c = logits.shape[:2]
         table_a, table_b, _ = self._tables(c, logits.device)
         rows = table_a.shape[0]
