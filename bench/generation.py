@@ -73,7 +73,7 @@ def workload(lm: CausalLM, streams: int, per_stream: int) -> list[list[Generatio
                     prompt,
                     max_new_tokens=BUDGETS[(s + j) % len(BUDGETS)],
                     sigma=SIGMA,
-                    seed=source.row_seed(f"key-{s}", "bench"),
+                    seed=source.tier_seed(f"bench-{s}"),
                     stop_on_eos=False,
                 )
             )

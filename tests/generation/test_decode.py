@@ -235,7 +235,7 @@ def test_float32_edge_knobs_decode_greedily(lm: CausalLM, field: str, value: flo
 def test_rows_that_join_a_running_batch_get_what_they_get_alone(
     lm: CausalLM, keyed: KeyedNoise
 ) -> None:
-    seed = keyed.row_seed("key-a", "silver")
+    seed = keyed.tier_seed("silver")
 
     def request(prompt: str, budget: int, temperature: float) -> GenerationRequest:
         return ask(

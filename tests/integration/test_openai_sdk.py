@@ -8,21 +8,12 @@ import httpx
 import openai
 import pytest
 
-from service.modulation import KeyedNoise
-
 from .conftest import LiveServer
 
 pytestmark = pytest.mark.integration
 
 PROMPT = "the cow says"
 CHAT = [{"role": "user", "content": "what does the cow say?"}]
-
-# Issue 8 makes the keyed noise a function of the tier, not the key. Until that lands, two keys
-# of one tier (or a key lowered to another tier) get different noise: those tests wait for it.
-_tier_scoped = KeyedNoise(b"s").row_seed("a", "bronze") == KeyedNoise(b"s").row_seed("b", "bronze")
-needs_tier_scoped_noise = pytest.mark.skipif(
-    not _tier_scoped, reason="pending: keyed noise is still scoped to the key (issue 8)"
-)
 
 
 def _client(server: LiveServer, key: str, **headers: str) -> openai.OpenAI:
@@ -128,13 +119,11 @@ def _bronze_text(server: LiveServer, key: str, model: str, **headers: str) -> st
     return done.choices[0].text
 
 
-@needs_tier_scoped_noise
 def test_two_keys_of_one_tier_get_one_completion(lm_server: LiveServer, model: str) -> None:
     first, second = lm_server.keys["bronze"]
     assert _bronze_text(lm_server, first, model) == _bronze_text(lm_server, second, model)
 
 
-@needs_tier_scoped_noise
 def test_gold_lowered_to_bronze_gets_bronze_completion(
     lm_server: LiveServer, model: str, gold: openai.OpenAI
 ) -> None:
