@@ -109,7 +109,9 @@ def test_logit_bias_is_focus_within_the_tier_policy(
         },
         headers={"X-API-Key": api_keys["gold"]},
     )
-    assert r.json()["tokens"] == [token] * 4 and done.choices[0].text == r.json()["text"]
+    # Focus adds strength·|η|, η half-normal per decoding step: a step may draw a small |η|
+    # (the tier-scoped seed decides which), so most steps, not all, turn into the token.
+    assert r.json()["tokens"].count(token) >= 3 and done.choices[0].text == r.json()["text"]
     with pytest.raises(openai.PermissionDeniedError) as denied:
         _sdk(client, api_keys["bronze"]).completions.create(
             model=model, prompt="a", logit_bias={"42": 5}
