@@ -273,9 +273,11 @@ def _serve(args: argparse.Namespace) -> int:
                 f"-H 'Content-Type: application/json' -d '{body}'",
             ]
         print("\n".join(lines) + "\n", flush=True)
+    from .overload import OverloadGuard
     from .server import limits_from, serve
 
-    serve(app, settings.host, settings.port, limits_from(settings))
+    guard = OverloadGuard(app.state.aim)
+    serve(app, settings.host, settings.port, limits_from(settings), refuse=guard)
     return 0
 
 

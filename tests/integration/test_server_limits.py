@@ -19,7 +19,8 @@ import uvicorn
 
 from service.errors import Unavailable
 from service.metrics import Metrics
-from service.server import OverloadGuard, Refusal, ServerLimits, protocol_class
+from service.overload import OverloadGuard
+from service.server import Refusal, ServerLimits, protocol_class
 
 pytestmark = pytest.mark.integration
 
