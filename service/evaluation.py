@@ -236,7 +236,7 @@ _STEP_LOGITS_BUDGET = 1 << 28
 
 def _generation_steps(lm: Any, file: Path, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced step logits D×V of a text file's lines, and each step's true next token."""
-    from .calibration import teacher_forced_logits
+    from .calibration_data import teacher_forced_logits
     from .models import read_texts
 
     steps = max(256, min(4096, _STEP_LOGITS_BUDGET // lm.vocab_size))
@@ -248,7 +248,7 @@ def _generation_calibration_logits(
 ) -> torch.Tensor:
     """The calibration steps the server calibrates on: the model's calibration text (or
     ``--inputs``, a text file, one sample a line), shortlisted for the lowest target."""
-    from .calibration import generation_logits
+    from .calibration_data import generation_logits
     from .models import read_texts
 
     file = inputs if inputs is not None else lm.calibration_file
@@ -258,7 +258,7 @@ def _generation_calibration_logits(
 def _eval_generation_utility(args: argparse.Namespace, lm: Any) -> int:
     """``eval utility`` per decoding step: measured agreement and accuracy over ``--keys`` keys
     (keyed noise) or as many fresh draws, against the prediction from the same logits."""
-    from .calibration import shortlist_logits
+    from .calibration_data import shortlist_logits
 
     logits, labels = _generation_steps(lm, lm.heldout_file, "held-out text")
     source = _source(args.noise)

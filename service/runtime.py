@@ -17,7 +17,9 @@ from typing import Any
 import torch
 
 from .batching import Batcher
-from .calibration import CalibrationCache, calibration_set, tier_sigmas
+from .calibration import tier_sigmas
+from .calibration_cache import CalibrationCache
+from .calibration_data import calibration_set
 from .config import ServiceConfig
 from .engine import Engine
 from .generation import GenerationScheduler

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from service.calibration import CalibrationCache, CalibrationSet, tier_sigmas, vision_calibration
+from service.calibration import tier_sigmas
+from service.calibration_cache import CalibrationCache
+from service.calibration_data import CalibrationSet, vision_calibration
 from service.config import TierConfig
 from service.modulation import KeyedNoise, served_agreement, served_noise, valid_cached_sigma
 

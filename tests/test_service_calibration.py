@@ -1,5 +1,6 @@
-"""service/calibration.py: σ per tier target, its cache, and the calibration logits per model
-kind (a shipped vision model's split, a causal LM's teacher-forced steps)."""
+"""service/calibration.py: σ per tier target; calibration_cache.py: its cache and key;
+calibration_data.py: the calibration logits per model kind (a shipped vision model's split, a
+causal LM's teacher-forced steps)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.calibration import (
-    CalibrationCache,
+from service.calibration import tier_sigmas
+from service.calibration_cache import CalibrationCache, calibration_key
+from service.calibration_data import (
     CalibrationSet,
-    calibration_key,
     generation_key,
     generation_logits,
     shortlist_logits,
     teacher_forced_logits,
-    tier_sigmas,
     vision_calibration,
 )
 from service.config import TierConfig

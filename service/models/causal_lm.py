@@ -5,7 +5,7 @@ into token ids and back, resolves focus tokens, and runs one forward step over a
 with a KV cache (:meth:`CausalLM.next_logits`), hiding how ``transformers`` names its arguments
 and caches. Decoding itself (the batch, sampling, the scheduler) lives in
 :mod:`service.generation`; calibration (teacher-forced steps as decisions, shortlisted logits) in
-``service/calibration.py``.
+``service/calibration_data.py``.
 """
 
 from __future__ import annotations
