@@ -277,7 +277,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import limits_from, serve
 
     guard = OverloadGuard(app.state.aim)
-    serve(app, settings.host, settings.port, limits_from(settings), refuse=guard)
+    serve(guard.gate(app), settings.host, settings.port, limits_from(settings), refuse=guard)
     return 0
 
 

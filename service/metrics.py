@@ -69,6 +69,11 @@ class Metrics:
         self.queue_depth = Gauge(
             "aim_queue_depth", "Requests waiting for a forward pass", registry=r
         )
+        self.admission_waiting = Gauge(
+            "aim_admission_waiting",
+            "Inference requests waiting at the edge for a slot (AIM_MAX_IN_FLIGHT)",
+            registry=r,
+        )
         self.shed = Counter(
             "aim_shed",
             "Requests a full queue refused, or displaced for a higher tier's",

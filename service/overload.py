@@ -1,10 +1,42 @@
-"""Load shedding at the edge: refuse inference requests the server cannot take, from the
-protocol (`server.GuardedHttpTools`), before their body is read or any ASGI work runs."""
+"""Admission at the edge: how many inference requests run at once, which wait, which are refused.
+
+The guard is consulted by the protocol (`server.GuardedHttpTools`) once a request's headers are
+in, before its body is read and before any ASGI work, for `POST /predict` and
+`POST /v2/models/{name}/infer`. It reads the key's tier from the header (one sha256) and:
+
+- **starts** the request when fewer than `max_in_flight` are running;
+- else lets it **wait**, highest tier first and in arrival order within a tier, for at most
+  `admission_wait_s` (its task parks on one future: no middleware, routing or parsing has run, so
+  a waiting request costs the event loop nothing until it starts);
+- else **refuses** it with 503 and `Retry-After: 1`, written by the protocol itself. A full
+  waiting room still takes a request of a higher tier than its lowest: the newest waiter of the
+  lowest tier is refused for it, as the batcher's queue does.
+
+Why wait rather than refuse: on a small machine a refusal costs about what an answer costs (the
+kernel, the client's parsing, the read and the write), so past saturation every refusal takes an
+answer's place; a parked request costs nothing and is served as soon as a slot frees.
+
+**Tier priority under contention.** While requests are waiting and a higher tier has been seen in
+the last second, tiers below it together run no more requests than it does, or
+`lower_tier_in_flight` if that is more. Every running request adds its callbacks to each turn of
+the event loop, and a top-tier request needs several turns: a flood of a lower tier would
+otherwise make every turn long while a light top-tier client waits on them; a heavy top-tier load
+still leaves the lower tiers an equal share. Without contention (nobody waiting) every tier runs
+freely, so a mixed load below saturation is not throttled.
+
+Refusals are counted in `aim_requests_total` (tier "none") and `aim_shed_total` (the key's
+tier), and summarised in the log at most once a second; `aim_admission_waiting` is the number
+waiting. The `gate` wrapper (the outermost ASGI app) parks waiting requests and frees the slot
+when a request ends.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .api.errors import error_body
@@ -14,63 +46,203 @@ log = logging.getLogger(__name__)
 
 _INFER_PREFIX, _INFER_SUFFIX = b"/v2/models/", b"/infer"
 _UNRANKED = 1 << 30
-
-
-def _queue_full(batcher: Any, queue_size: int) -> bool:
-    """Whether the batcher's queue is full (its `depth`, or its queue's `full()`)."""
-    depth = getattr(batcher, "depth", None)
-    if depth is not None:
-        return bool(depth >= queue_size)
-    queue = getattr(batcher, "_queue", None)
-    return bool(queue is not None and queue.full())
-
+_RECENT_S = 1.0
+"""A tier counts as present for this long after its last request."""
 
 # The same answer the batcher gives once a request is routed.
 _OVERLOADED = error_body("unavailable", "the request queue is full, try again shortly")
+_RETRY_AFTER = ((b"retry-after", b"1"),)
+
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
-class _Admission:
-    """One admitted request's slot, released by the middleware when the request ends."""
+class Admission:
+    """One inference request at the edge: running, or waiting for a slot."""
 
-    __slots__ = ("by_rank", "rank")
+    __slots__ = ("future", "guard", "rank", "route", "running", "tier", "timer")
 
-    def __init__(self, by_rank: dict[int, int], rank: int) -> None:
-        self.by_rank, self.rank = by_rank, rank
+    def __init__(self, guard: OverloadGuard, rank: int, tier: str, route: str) -> None:
+        self.guard, self.rank, self.tier, self.route = guard, rank, tier, route
+        self.running = False
+        self.future: asyncio.Future[bool] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def wait(self) -> bool:
+        """True once the request may run; False if it was refused while waiting."""
+        if self.running:
+            return True
+        assert self.future is not None
+        try:
+            return await self.future
+        except asyncio.CancelledError:
+            self.guard._leave(self)
+            raise
 
     def release(self) -> None:
-        self.by_rank[self.rank] -= 1
+        """The request ended: free its slot (idempotent; a waiter that never ran holds none)."""
+        if self.running:
+            self.running = False
+            self.guard._finished(self.rank)
 
 
 class OverloadGuard:
-    """Refuse inference requests (POST /predict, POST /v2/models/{name}/infer) with 503 before
-    their body is read while the server cannot take them: under overload a refusal then costs
-    a header parse and one write instead of a task, the middleware, routing and auth.
-
-    "Cannot take them" is the batcher's own tier-aware check at the key's tier (a full queue
-    still admits a request that displaces a lower tier's), plus a bound on the requests already
-    admitted here and not yet finished: a burst of requests whose headers arrive in one loop
-    turn would otherwise all pass a queue that is not yet full and be refused later, each after
-    the whole stack ran. While the queue is not full, admitted requests of the request's tier or
-    higher may be up to `queue_size + max_batch_size` (a full queue plus the batch in flight);
-    lower tiers in flight do not count, since the queue would displace them for it. The middleware
-    releases the admission when the request ends. Refusals are counted in `aim_requests_total`
-    (tier "none") and `aim_shed_total` (the key's tier), and summarised in the log at most once
-    a second, not one line each."""
+    """The refusal hook of `server.GuardedHttpTools` for the AIM app (see the module doc)."""
 
     def __init__(self, state: Any) -> None:
         self.state = state
-        self.by_rank: dict[int, int] = {}
-        self.refusal = Refusal(503, _OVERLOADED, ((b"retry-after", b"1"),))
+        settings = state.settings
+        batch = int(settings.max_batch_size)
+        self.max_in_flight = int(getattr(settings, "max_in_flight", None) or 2 * batch)
+        self.max_waiting = int(settings.queue_size)
+        self.wait_s = float(getattr(settings, "admission_wait_s", 1.0))
+        lower = getattr(settings, "lower_tier_in_flight", None)
+        self.lower_in_flight = int(lower or max(1, batch // 8))
+        self.running: dict[int, int] = {}
+        self._waiting: dict[int, deque[Admission]] = {}
+        self.waiting = 0
+        self._seen: dict[int, float] = {}
+        self.refusal = Refusal(503, _OVERLOADED, _RETRY_AFTER)
         self.refused = 0
         self._logged_at = 0.0
         self._logged_count = 0
 
     @property
     def in_flight(self) -> int:
-        return sum(self.by_rank.values())
+        """Requests running now (admitted and not yet ended)."""
+        return sum(self.running.values())
 
-    def _admitted_at_or_above(self, rank: int) -> int:
-        return sum(n for r, n in self.by_rank.items() if r <= rank)
+    # The hook ---
+
+    def __call__(
+        self, method: bytes, url: bytes, headers: Headers, scope: dict[str, Any]
+    ) -> Refusal | None:
+        if method != b"POST":
+            return None
+        batcher = getattr(self.state, "batcher", None)
+        if batcher is None:
+            return None
+        path = url.split(b"?", 1)[0]
+        if path == b"/predict":
+            route = "/predict"
+        elif path.startswith(_INFER_PREFIX) and path.endswith(_INFER_SUFFIX):
+            route = "/v2/models/{name}/infer"
+        else:
+            return None
+        rank, tier = self._tier_of(headers)
+        now = time.monotonic()
+        if rank != _UNRANKED:
+            self._seen[rank] = now
+        try:
+            batcher.check_capacity(rank, tier)  # tier-aware: may displace a lower tier
+        except Exception:  # Unavailable: full (nobody lower to displace) or shutting down
+            return self._refuse(route)
+        admission = Admission(self, rank, tier, route)
+        ahead = any(r <= rank for r in self._waiting)  # equal or higher tiers wait: queue up
+        if not ahead and self._may_run(rank, now):
+            self._run(admission)
+        elif not self._park(admission):
+            return self._refuse(route, tier)
+        scope["aim.admission"] = admission
+        return None
+
+    # Running, waiting, ending ---
+
+    def _top(self, now: float) -> int:
+        return min((r for r, t in self._seen.items() if now - t < _RECENT_S), default=_UNRANKED)
+
+    def _may_run(self, rank: int, now: float) -> bool:
+        if self.in_flight >= self.max_in_flight:
+            return False
+        if self.waiting:
+            top = self._top(now)
+            if rank > top:  # contention, and a higher tier present: lower tiers yield to it
+                upper = sum(n for r, n in self.running.items() if r <= top)
+                lower = self.in_flight - upper
+                return lower < max(self.lower_in_flight, upper)
+        return True
+
+    def _run(self, admission: Admission) -> None:
+        admission.running = True
+        self.running[admission.rank] = self.running.get(admission.rank, 0) + 1
+
+    def _park(self, admission: Admission) -> bool:
+        if self.waiting >= self.max_waiting:
+            lowest = max(self._waiting, default=-1)
+            if lowest <= admission.rank:
+                return False
+            self._refuse_waiter(self._waiting[lowest][-1])  # the newest of the lowest tier
+        loop = asyncio.get_running_loop()
+        admission.future = loop.create_future()
+        admission.timer = loop.call_later(self.wait_s, self._expire, admission)
+        self._waiting.setdefault(admission.rank, deque()).append(admission)
+        self.waiting += 1
+        self._gauge()
+        return True
+
+    def _remove(self, admission: Admission) -> bool:
+        lane = self._waiting.get(admission.rank)
+        if lane is None or admission not in lane:
+            return False
+        lane.remove(admission)
+        if not lane:
+            del self._waiting[admission.rank]
+        self.waiting -= 1
+        if admission.timer is not None:
+            admission.timer.cancel()
+        self._gauge()
+        return True
+
+    def _refuse_waiter(self, admission: Admission) -> None:
+        if self._remove(admission) and admission.future and not admission.future.done():
+            admission.future.set_result(False)
+
+    def _expire(self, admission: Admission) -> None:
+        admission.timer = None
+        self._refuse_waiter(admission)
+
+    def _leave(self, admission: Admission) -> None:
+        """A waiting request's task was cancelled (shutdown): forget it."""
+        self._remove(admission)
+
+    def _finished(self, rank: int) -> None:
+        self.running[rank] -= 1
+        self._drain()
+
+    def _drain(self) -> None:
+        """Start waiters, highest tier first, while they may run."""
+        now = time.monotonic()
+        while self._waiting:
+            rank = min(self._waiting)
+            if not self._may_run(rank, now):
+                return
+            admission = self._waiting[rank][0]
+            self._remove(admission)
+            if admission.future is not None and not admission.future.done():
+                self._run(admission)
+                admission.future.set_result(True)
+
+    # Refusals ---
+
+    def _refuse(self, route: str, tier: str | None = None) -> Refusal:
+        """The protocol writes the answer (the batcher counted its own refusals as shed)."""
+        self._count_refusal(route, tier)
+        return self.refusal
+
+    def _count_refusal(self, route: str, tier: str | None = None) -> None:
+        metrics = self.state.metrics
+        metrics.observe_request("none", route, 503, 0.0)
+        if tier is not None:
+            metrics.observe_shed(tier)
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._logged_at >= 1.0:
+            log.warning("shedding load", extra={"refused": self.refused - self._logged_count})
+            self._logged_at, self._logged_count = now, self.refused
+
+    def _gauge(self) -> None:
+        gauge = getattr(self.state.metrics, "admission_waiting", None)
+        if gauge is not None:
+            gauge.set(self.waiting)
 
     def _tier_of(self, headers: Headers) -> tuple[int, str]:
         """The rank and name of the key's own tier (X-AIM-Tier can only lower it, so this is
@@ -92,40 +264,30 @@ class OverloadGuard:
                 return tier.rank, tier.name
         return _UNRANKED, "none"
 
-    def __call__(
-        self, method: bytes, url: bytes, headers: Headers, scope: dict[str, Any]
-    ) -> Refusal | None:
-        if method != b"POST":
-            return None
-        batcher = getattr(self.state, "batcher", None)
-        if batcher is None:
-            return None
-        path = url.split(b"?", 1)[0]
-        if path == b"/predict":
-            route = "/predict"
-        elif path.startswith(_INFER_PREFIX) and path.endswith(_INFER_SUFFIX):
-            route = "/v2/models/{name}/infer"
-        else:
-            return None
-        settings = self.state.settings
-        rank, tier = self._tier_of(headers)
-        try:
-            batcher.check_capacity(rank, tier)  # tier-aware: may displace a lower tier
-        except Exception:  # Unavailable: full (nobody lower to displace) or shutting down
-            pass
-        else:
-            # Only requests of this tier or higher count against it: a lower tier's in flight
-            # would be displaced by it in the queue, so they never make it wait or fail.
-            cap = settings.queue_size + settings.max_batch_size
-            burst = self._admitted_at_or_above(rank) >= cap
-            if not burst or _queue_full(batcher, settings.queue_size):
-                self.by_rank[rank] = self.by_rank.get(rank, 0) + 1
-                scope["aim.admission"] = _Admission(self.by_rank, rank)
-                return None
-        self.state.metrics.observe_request("none", route, 503, 0.0)
-        self.refused += 1
-        now = time.monotonic()
-        if now - self._logged_at >= 1.0:
-            log.warning("shedding load", extra={"refused": self.refused - self._logged_count})
-            self._logged_at, self._logged_count = now, self.refused
-        return self.refusal
+    # The ASGI side ---
+
+    def gate(self, app: ASGIApp) -> ASGIApp:
+        """`app` behind the guard: a waiting request runs once admitted (or gets the 503 the
+        protocol would have sent), and every admitted request frees its slot when it ends."""
+
+        async def gated(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            admission: Admission | None = scope.get("aim.admission")
+            if admission is None:
+                await app(scope, receive, send)
+                return
+            if not await admission.wait():
+                self._count_refusal(admission.route, admission.tier)
+                await _send_refusal(send, self.refusal)
+                return
+            try:
+                await app(scope, receive, send)
+            finally:
+                admission.release()
+
+        return gated
+
+
+async def _send_refusal(send: Any, refusal: Refusal) -> None:
+    headers = [(b"content-type", b"application/json"), *refusal.headers]
+    await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
+    await send({"type": "http.response.body", "body": refusal.body})

@@ -45,7 +45,17 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(2.0, ge=0, le=1000)
     """How long the batcher waits for more requests once it has one."""
     queue_size: int = Field(256, ge=1)
-    """Most requests waiting for a forward pass; a full queue answers 503 at once."""
+    """Most requests waiting for a forward pass, and most waiting at the edge for a slot; a
+    full queue answers 503 at once."""
+    max_in_flight: int | None = Field(None, ge=1)
+    """Most inference requests running at once; more wait at the edge, highest tier first.
+    Default: twice `max_batch_size` (one batch running, the next one filling)."""
+    admission_wait_s: float = Field(1.0, gt=0, le=60)
+    """How long a request may wait at the edge for a slot before it gets 503."""
+    lower_tier_in_flight: int | None = Field(None, ge=1)
+    """While requests wait and a higher tier is present, tiers below it run at most as many
+    requests as it does, or this many if that is more (every running request lengthens the
+    event loop's turns, which the top tier waits on). Default: an eighth of `max_batch_size`."""
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     """Larger request bodies get 413."""
     max_items: int = Field(64, ge=1)

@@ -99,9 +99,6 @@ class ServiceMiddleware:
                 },
             )
             request_id_var.reset(token)
-            admission = scope.get("aim.admission")
-            if admission is not None:  # admitted by the server's overload guard: free the slot
-                admission.release()
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole body, or None once it passes the limit (chunked bodies included)."""

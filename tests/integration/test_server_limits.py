@@ -3,6 +3,7 @@ written before the body is read, the keep-alive request bound, and the overload 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import select
 import socket
@@ -260,27 +261,104 @@ def test_the_overload_guard_refuses_only_inference_posts_while_the_queue_is_full
     assert counted == 1  # the bronze refusal on /predict
 
 
-def test_the_overload_guard_counts_admitted_requests_not_only_the_queue() -> None:
-    """Requests admitted but not yet queued hold their slot: past queue + batch, 503, unless
-    the queue is full and the batcher would displace a lower tier."""
+async def test_past_max_in_flight_requests_wait_highest_tier_first() -> None:
+    """Running requests are capped (twice the batch: 4); more park, gold ahead of bronze. While
+    some wait and gold is present, bronze runs at most an eighth of a batch (at least 1)."""
     state = fake_state(queue_size=4, max_batch_size=2)
     state.batcher.full = False
     guard = OverloadGuard(state)
-    scopes: list[dict[str, Any]] = [{} for _ in range(6)]
-    assert all(guard(b"POST", b"/predict", [], sc) is None for sc in scopes)
-    assert guard(b"POST", b"/predict", [], {}) is not None
-    assert guard(b"POST", b"/predict", GOLD, {}) is None  # unranked in flight do not count
-    assert guard(b"POST", b"/predict", [], {}) is not None
-    state.batcher.depth = 4  # full: the batcher's tier check alone decides
-    assert guard(b"POST", b"/predict", GOLD, {}) is None
-    for sc in scopes[:3]:  # 3 unranked + the 2 gold in flight: room for one more
-        sc["aim.admission"].release()
-    state.batcher.depth = 0
-    assert guard(b"POST", b"/predict", [], {}) is None
+    running: list[dict[str, Any]] = [{} for _ in range(4)]
+    assert all(guard(b"POST", b"/predict", BRONZE, sc) is None for sc in running)
+    assert guard.in_flight == 4 and guard.waiting == 0
+    bronze: dict[str, Any] = {}
+    gold: dict[str, Any] = {}
+    assert guard(b"POST", b"/predict", BRONZE, bronze) is None  # parked, not refused
+    assert guard(b"POST", b"/predict", GOLD, gold) is None
+    assert guard.waiting == 2 and state.metrics.admission_waiting._value.get() == 2
+    gold_turn = asyncio.ensure_future(gold["aim.admission"].wait())
+    bronze_turn = asyncio.ensure_future(bronze["aim.admission"].wait())
+    await asyncio.sleep(0)
+    assert not gold_turn.done() and not bronze_turn.done()
+    running[0]["aim.admission"].release()
+    await asyncio.sleep(0)
+    assert gold_turn.done() and gold_turn.result() is True and not bronze_turn.done()
+    running[1]["aim.admission"].release()
+    await asyncio.sleep(0)
+    assert not bronze_turn.done()  # a slot is free, but 2 bronze still run beside gold
+    running[2]["aim.admission"].release()
+    running[3]["aim.admission"].release()
+    await asyncio.sleep(0)
+    assert bronze_turn.result() is True
+    assert guard.in_flight == 2 and guard.waiting == 0
+    bronze["aim.admission"].release()
+    bronze["aim.admission"].release()  # idempotent
+    assert guard.in_flight == 1
+
+
+async def test_a_full_waiting_room_refuses_displaces_and_expires_lower_tiers() -> None:
+    state = fake_state(queue_size=2, max_batch_size=1)  # 2 run, 2 wait
+    state.batcher.full = False
+    guard = OverloadGuard(state)
+    guard.wait_s = 0.05
+    for _ in range(2):
+        assert guard(b"POST", b"/predict", GOLD, {}) is None
+    parked: list[dict[str, Any]] = [{}, {}]
+    assert all(guard(b"POST", b"/predict", BRONZE, sc) is None for sc in parked)
+    refused = guard(b"POST", b"/predict", BRONZE, {})
+    assert refused is not None and refused.status == 503  # room full of bronze: no room
+    gold: dict[str, Any] = {}
+    assert guard(b"POST", b"/predict", GOLD, gold) is None  # displaces the newest bronze
+    assert await parked[1]["aim.admission"].wait() is False
+    assert await parked[0]["aim.admission"].wait() is False  # expired after 0.05 s
+    assert await gold["aim.admission"].wait() is False  # so did gold: nobody ended meanwhile
+    assert guard.waiting == 0
+    shed = state.metrics.shed.labels("bronze")._value.get()
+    assert shed == 1  # the protocol refusal; the gate counts the two waiters it answers
+
+
+async def test_the_gate_answers_a_refused_waiter_with_503_and_frees_slots() -> None:
+    state = fake_state(queue_size=2, max_batch_size=1)
+    state.batcher.full = False
+    guard = OverloadGuard(state)
+    guard.max_in_flight = 1
+    ran: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        ran.append(scope["path"])
+
+    gated = guard.gate(app)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    first: dict[str, Any] = {"type": "http", "path": "/first"}
+    second: dict[str, Any] = {"type": "http", "path": "/second"}
+    third: dict[str, Any] = {"type": "http", "path": "/third"}
+    assert guard(b"POST", b"/predict", GOLD, first) is None
+    assert guard(b"POST", b"/predict", GOLD, second) is None
+    assert guard(b"POST", b"/predict", GOLD, third) is None  # both wait
+    await gated(first, None, send)
+    assert guard.in_flight == 1 and guard.waiting == 1  # the second runs in the first's slot
+    await gated(second, None, send)
+    await gated(third, None, send)
+    assert ran == ["/first", "/second", "/third"] and guard.in_flight == 0 and not sent
+    guard.wait_s = 0.01
+    a: dict[str, Any] = {"type": "http", "path": "/a"}
+    b: dict[str, Any] = {"type": "http", "path": "/b"}
+    assert guard(b"POST", b"/predict", BRONZE, a) is None
+    assert guard(b"POST", b"/predict", BRONZE, b) is None
+    await gated(b, None, send)  # waited 0.01 s behind /a, which has not ended
+    assert sent[0]["status"] == 503 and (b"retry-after", b"1") in sent[0]["headers"]
+    assert b"unavailable" in sent[1]["body"] and ran[-1] == "/third"
+    a["aim.admission"].release()
+    assert guard.in_flight == 0
+    await gated({"type": "http", "path": "/other"}, None, send)  # no admission: passes
+    assert ran[-1] == "/other"
 
 
 def test_aim_serve_releases_every_admission(tmp_path: Path) -> None:
-    """A real `aim serve` whose guard admits at most 3 requests (queue 2 + batch 1): many more
+    """A real `aim serve` whose guard runs at most 2 requests (twice the batch of 1): many more
     sequential requests, answered 200, 401, 422 or 413, never leave a slot taken (a leak would
     turn every later request into a 503)."""
     from service.keys import create_key
