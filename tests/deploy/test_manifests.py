@@ -36,7 +36,7 @@ KEYS_PATH = "/etc/aim/keys.yaml"
 
 # The service's metric families (DESIGN.md "Metrics"), by Prometheus type.
 COUNTERS = {"aim_requests_total", "aim_tokens_generated_total", "aim_shed_total"}
-GAUGES = {"aim_queue_depth", "aim_tier_sigma"}
+GAUGES = {"aim_queue_depth", "aim_admission_waiting", "aim_tier_sigma"}
 HISTOGRAMS = {
     "aim_request_duration_seconds",
     "aim_queue_wait_seconds",
