@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -53,12 +52,7 @@ class Pending(Generic[T]):
 
 
 class TierQueue(Generic[T]):
-    """A bounded queue that serves lower ranks (higher tiers) first, each rank in arrival order.
-
-    Requests are put from the event loop. They are taken either on the loop (`get`, for the
-    generation scheduler) or from a worker thread (`take_batch`, for the vision batcher, which
-    then never waits for a loop turn between two batches); a lock guards the lanes for that.
-    """
+    """A bounded queue that serves lower ranks (higher tiers) first, each rank in arrival order."""
 
     def __init__(self, maxsize: int) -> None:
         if maxsize < 1:
@@ -67,8 +61,6 @@ class TierQueue(Generic[T]):
         self._lanes: dict[int, deque[Pending[T]]] = {}
         self._size = 0
         self._ready = asyncio.Event()
-        self._lock = threading.Lock()
-        self._nonempty = threading.Condition(self._lock)
 
     def qsize(self) -> int:
         return self._size
@@ -81,82 +73,44 @@ class TierQueue(Generic[T]):
 
     def admits(self, rank: int) -> bool:
         """A request of ``rank`` would be queued: there is room, or a lower tier to displace."""
-        with self._lock:
-            return self._size < self.maxsize or self._lowest() > rank
+        return not self.full() or self._lowest() > rank
 
     def put(self, pending: Pending[T]) -> Pending[T] | None:
         """Queue ``pending``; returns the request it displaced, if the queue was full. Raises
         ``asyncio.QueueFull`` when it is full of requests of ``pending``'s tier or higher."""
         displaced = None
-        with self._lock:
-            if self._size >= self.maxsize:
-                lowest = self._lowest()
-                if lowest <= pending.rank:
-                    raise asyncio.QueueFull
-                displaced = self._lanes[lowest].pop()  # the newest of the lowest tier
-                self._size -= 1
-                if not self._lanes[lowest]:
-                    del self._lanes[lowest]
-            self._lanes.setdefault(pending.rank, deque()).append(pending)
-            self._size += 1
-            self._nonempty.notify()
+        if self.full():
+            lowest = self._lowest()
+            if lowest <= pending.rank:
+                raise asyncio.QueueFull
+            displaced = self._lanes[lowest].pop()  # the newest of the lowest tier
+            self._size -= 1
+            if not self._lanes[lowest]:
+                del self._lanes[lowest]
+        self._lanes.setdefault(pending.rank, deque()).append(pending)
+        self._size += 1
         self._ready.set()
         return displaced
 
     def push_front(self, pending: Pending[T]) -> None:
         """Put back a request just taken, at the head of its tier (room is not checked)."""
-        with self._lock:
-            self._lanes.setdefault(pending.rank, deque()).appendleft(pending)
-            self._size += 1
+        self._lanes.setdefault(pending.rank, deque()).appendleft(pending)
+        self._size += 1
         self._ready.set()
 
     def get_nowait(self) -> Pending[T]:
         """The oldest request of the highest tier waiting; ``asyncio.QueueEmpty`` if none."""
-        with self._lock:
-            if not self._lanes:
-                raise asyncio.QueueEmpty
-            pending = self._pop()
-        if not self._size:
-            self._ready.clear()
-        return pending
-
-    def _pop(self) -> Pending[T]:
+        if not self._lanes:
+            raise asyncio.QueueEmpty
         rank = min(self._lanes)
         lane = self._lanes[rank]
         pending = lane.popleft()
         if not lane:
             del self._lanes[rank]
         self._size -= 1
+        if not self._size:
+            self._ready.clear()
         return pending
-
-    def take_batch(self, max_rows: int, max_wait: float, idle: float) -> list[Pending[T]]:
-        """From a worker thread: `collect_batch`'s batch (the first item, then more until
-        `max_rows` rows or `max_wait` seconds), or [] after `idle` seconds with nothing queued.
-        Never touches the event loop; `_ready` is left to the loop-side consumer."""
-        with self._nonempty:
-            if not self._nonempty.wait_for(lambda: self._size > 0, idle):
-                return []
-            first = self._pop()
-            batch, rows = [first], first.item.rows
-            deadline = time.perf_counter() + max_wait
-            while rows < max_rows:
-                if not self._size:
-                    remaining = deadline - time.perf_counter()
-                    if remaining <= 0:
-                        break
-                    if not self._nonempty.wait_for(lambda: self._size > 0, remaining):
-                        break
-                nxt = self._lanes[min(self._lanes)][0]
-                if rows + nxt.item.rows > max_rows:
-                    break  # it keeps its place for the next batch
-                batch.append(self._pop())
-                rows += nxt.item.rows
-            return batch
-
-    def wake(self) -> None:
-        """Wake a thread blocked in `take_batch` (on stop)."""
-        with self._nonempty:
-            self._nonempty.notify_all()
 
     async def get(self) -> Pending[T]:
         """Wait for a request, then :meth:`get_nowait` (cancelling the wait loses nothing)."""
@@ -313,7 +267,6 @@ class Batcher(Worker[T]):
     def __init__(self, run_batch: Callable[[Sequence[T]], list[Any]], **options: Any) -> None:
         super().__init__(**options)
         self._run_batch = run_batch
-        self._running = False
 
     async def submit(self, item: T, rank: int = 0, tier: str = "") -> Any:
         """Queue an item and wait for its result. Raises `Unavailable` at once if full/closed,
@@ -333,26 +286,10 @@ class Batcher(Worker[T]):
             pending.future.set_exception(error)
 
     async def _loop(self) -> None:
-        # The batches are collected and run on the worker thread itself: between two batches it
-        # takes the next one straight from the queue, instead of waiting for a loop turn (under
-        # load, a turn of the event loop runs every other request's callbacks first). Only the
-        # answers go back through the loop, once per batch.
         loop = asyncio.get_running_loop()
-        self._running = True
-        try:
-            await loop.run_in_executor(self._executor, self._serve, loop)
-        finally:
-            self._running = False
-            self._queue.wake()
-
-    def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
-        while self._running:
-            batch = self._queue.take_batch(self.max_rows, self.max_wait, idle=0.1)
-            if not batch:
-                continue
+        while True:
+            batch = await collect_batch(self._queue, self.max_rows, self.max_wait)
             self._on_depth(self._queue.qsize())
-            # A future is only ever completed on the loop; `done()` read here is at worst
-            # stale, and `_deliver` checks it again.
             live = [p for p in batch if not p.future.done()]
             if not live:
                 continue
@@ -360,32 +297,19 @@ class Batcher(Worker[T]):
             for p in live:
                 p.item.queue_wait = now - p.enqueued  # type: ignore[attr-defined]
             try:
-                results = self._run_batch([p.item for p in live])
+                results = await loop.run_in_executor(
+                    self._executor, self._run_batch, [p.item for p in live]
+                )
             except Exception as exc:
                 log.exception("batch failed")
                 results = [exc] * len(live)
-            if len(results) != len(live):
-                log.error("run_batch returned %d results for %d items", len(results), len(live))
-                results = [RuntimeError("batch returned the wrong number of results")] * len(live)
-            try:
-                loop.call_soon_threadsafe(_deliver, live, results)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                return
-
-    def _abort(self) -> None:
-        self._running = False
-        self._queue.wake()
-
-
-def _deliver(batch: list[Pending[Any]], results: list[Any]) -> None:
-    """On the loop: each result (or exception) to its own request, unless it left."""
-    for p, result in zip(batch, results, strict=True):
-        if p.future.done():
-            continue
-        if isinstance(result, BaseException):
-            p.future.set_exception(result)
-        else:
-            p.future.set_result(result)
+            for p, result in zip(live, results, strict=True):
+                if p.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    p.future.set_exception(result)
+                else:
+                    p.future.set_result(result)
 
 
 async def watch_disconnect(receive: Callable[[], Awaitable[Any]], gone: Callable[[], Any]) -> None:
