@@ -19,7 +19,8 @@ most of the clean model's accuracy. The memory closes that hole:
 Limits (see docs/MODULATION.md): each (tier, bucket) keeps at most ``capacity`` entries and
 forgets the oldest first; entries older than ``window`` seconds no longer match; the memory lives
 in the process (a restart empties it, every replica has its own). Search is one matrix product
-per bucket present in the batch (no Python loop over rows), on the embeddings' device.
+per bucket present in the batch, and one for the batch's own rows (no Python loop over rows), on
+the embeddings' device.
 """
 
 from __future__ import annotations
@@ -39,23 +40,60 @@ _MAX_DIM = 128  # embeddings above this are randomly projected (cosines near 1 s
 
 @dataclass
 class _Ring:
-    """One (tier, bucket): a ring buffer of unit embeddings, their cells and their times."""
+    """One (tier, bucket): a ring buffer of unit embeddings, their cells and their times.
+
+    ``marks`` mirrors ``stamp`` in Python, so that whether every entry is still inside the window
+    is known without reading the tensor: stamps grow in write order (the clock is monotonic), so
+    the oldest entry is the next one to be overwritten. A clock that ever went back clears
+    ``ordered`` and the live mask is then always applied.
+    """
 
     emb: torch.Tensor
     cell: torch.Tensor
     stamp: torch.Tensor
     size: int = 0
     head: int = 0
+    ordered: bool = True
+    marks: list[float] = field(init=False, repr=False)
+    emb_t: torch.Tensor = field(init=False, repr=False)
+    """A transposed view of ``emb``: what the search multiplies by, made once."""
+
+    def __post_init__(self) -> None:
+        self.marks = [-math.inf] * self.emb.shape[0]
+        self.emb_t = self.emb.t()
+
+    @property
+    def oldest(self) -> float:
+        return self.marks[self.head if self.size == len(self.marks) else 0]
+
+    def search(self, q: torch.Tensor, since: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's best cosine with an entry stamped at ``since`` or later (-2 if none), and
+        that entry's cell."""
+        sims = q @ (self.emb_t if self.size == self.emb.shape[0] else self.emb_t[:, : self.size])
+        if not (self.ordered and self.oldest >= since):
+            sims.masked_fill_(self.stamp[: self.size] < since, -2.0)
+        best, arg = sims.max(dim=1)
+        return best, self.cell[arg]
 
     def add(self, emb: torch.Tensor, cell: torch.Tensor, now: float) -> None:
         cap = self.emb.shape[0]
-        emb, cell = emb[-cap:], cell[-cap:]
-        idx = (self.head + torch.arange(emb.shape[0], device=emb.device)) % cap
-        self.emb[idx] = emb.to(self.emb.dtype)
-        self.cell[idx] = cell
-        self.stamp[idx] = now
-        self.head = (self.head + emb.shape[0]) % cap
-        self.size = min(cap, self.size + emb.shape[0])
+        if emb.shape[0] > cap:
+            emb, cell = emb[-cap:], cell[-cap:]
+        if self.size and now < self.marks[self.head - 1]:
+            self.ordered = False
+        # At most two contiguous runs: up to the end of the buffer, then from its start.
+        count, done = emb.shape[0], 0
+        while done < count:
+            run = min(count - done, cap - self.head)
+            part = slice(self.head, self.head + run)
+            whole = run == count
+            self.emb[part] = emb if whole else emb[done : done + run]
+            self.cell[part] = cell if whole else cell[done : done + run]
+            self.stamp[part] = now
+            self.marks[part] = [now] * run
+            self.head = (self.head + run) % cap
+            done += run
+        self.size = min(cap, self.size + count)
 
 
 @dataclass
@@ -99,6 +137,8 @@ class ReplayMemory:
         self.stats = MemoryStats()
         self._rings: dict[tuple[str, int], _Ring] = {}
         self._projections: dict[tuple[int, str], torch.Tensor] = {}
+        self._uppers: dict[str, torch.Tensor] = {}
+        self._aranges: dict[str, torch.Tensor] = {}
         self._lock = threading.Lock()
         self.centre: torch.Tensor | None = None
         """Subtracted from every embedding before normalising (e.g. the mean embedding of the
@@ -140,70 +180,168 @@ class ReplayMemory:
         ``tiers`` names each row's tier (N names), ``buckets`` its clean top-1 class (N,),
         ``cells`` its own digest (N,) int64. Rows are taken in batch order: a row may reuse
         the cell of an earlier row of the same tier and bucket in this batch.
+
+        The batch is handled as a whole (one matrix of its rows' similarities, one pass of
+        pointer jumping); per (tier, bucket) present only what needs that ring: the product
+        with its entries, their maximum, and storing the rows it keeps.
         """
         n = embeddings.shape[0]
         if not (len(tiers) == n == buckets.shape[0] == cells.shape[0]):
             raise ModulationArgumentError(
                 "embeddings", n, "tiers, buckets and cells need one entry per row"
             )
-        out = cells.clone()
+        own = cells.clone()
         if n == 0:
-            return out
+            return own
         q = self.normalise(embeddings)
-        bucket = buckets.to(torch.int64) % self.buckets
         groups: dict[tuple[str, int], list[int]] = {}
-        for i, key in enumerate(zip(tiers, bucket.tolist(), strict=True)):
-            groups.setdefault(key, []).append(i)
+        for i, key in enumerate(zip(tiers, buckets.to(torch.int64).tolist(), strict=True)):
+            groups.setdefault((key[0], key[1] % self.buckets), []).append(i)
         now = self.clock()
         with self._lock:
-            for key, rows in groups.items():
-                idx = torch.tensor(rows, device=q.device)
-                served, best = self._group(key, q[idx], out[idx], now)
-                out[idx] = served
-                self.stats.rows += len(rows)
-                self.stats.matched += int((best >= self.threshold).sum())
-                self.stats.per_tier[key[0]] = self.stats.per_tier.get(key[0], 0) + len(rows)
-        return out
+            recalled = self._recall(groups, q, own, now)
+            earlier = self._earlier(groups, q)
+            cell, best = self._resolve(groups, own, recalled, earlier)
+            limit = self.dedupe if self.chain else self.threshold
+            if best is None:  # nothing to compare with: every row is new and kept
+                keep, matched = [True] * n, 0
+            else:
+                keep, hits = torch.stack((best < limit, best >= self.threshold)).tolist()
+                matched = sum(hits)
+            self._store(groups, q, cell, keep, now)
+            self.stats.rows += n
+            self.stats.matched += matched
+            for (tier, _), rows in groups.items():
+                self.stats.per_tier[tier] = self.stats.per_tier.get(tier, 0) + len(rows)
+        return cell
 
-    def _group(
-        self, key: tuple[str, int], q: torch.Tensor, own: torch.Tensor, now: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows of one (tier, bucket): served cells and each row's best cosine so far."""
-        m = q.shape[0]
-        ring = self._rings.get(key)
-        if ring is not None and ring.size:
-            live = ring.stamp[: ring.size] >= now - self.window
-            sims = q @ ring.emb[: ring.size].t()
-            sims = sims.masked_fill(~live[None, :], -2.0)
-            mem_best, mem_arg = sims.max(dim=1)
-            mem_cell = ring.cell[: ring.size][mem_arg]
-        else:
-            mem_best = torch.full((m,), -2.0, device=q.device)
-            mem_cell = own
-        # Earlier rows of this batch: strictly lower triangle of the batch's own similarities.
+    def _recall(
+        self,
+        groups: dict[tuple[str, int], list[int]],
+        q: torch.Tensor,
+        own: torch.Tensor,
+        now: float,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Each row's best cosine with a live entry of its ring (-2 if none) and that entry's
+        cell (its own if none); None when no row's ring holds anything."""
+        found: list[tuple[list[int], _Ring]] = []
+        for key, rows in groups.items():
+            ring = self._rings.get(key)
+            if ring is not None and ring.size:
+                found.append((rows, ring))
+        if not found:
+            return None
+        picked = torch.tensor([i for rows, _ in found for i in rows], device=q.device)
+        # The rows of each ring, one run per ring, in batch order within it.
+        runs = q[picked].split([len(rows) for rows, _ in found])
+        bests, cells = [], []
+        since = now - self.window
+        for run, (_, ring) in zip(runs, found, strict=True):
+            best, cell = ring.search(run, since)
+            bests.append(best)
+            cells.append(cell)
+        mem_best = torch.full((q.shape[0],), -2.0, device=q.device)
+        mem_cell = own.clone()
+        mem_best[picked] = bests[0] if len(bests) == 1 else torch.cat(bests)
+        mem_cell[picked] = cells[0] if len(cells) == 1 else torch.cat(cells)
+        return mem_best, mem_cell
+
+    def _earlier(
+        self, groups: dict[tuple[str, int], list[int]], q: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Each row's best cosine with an earlier row of its tier and bucket in this batch
+        (-2 if none) and that row; None when no row has one."""
+        n = q.shape[0]
+        if len(groups) == n:
+            return None
+        group = [0] * n
+        for g, rows in enumerate(groups.values()):
+            for i in rows:
+                group[i] = g
+        gid = torch.tensor(group, device=q.device)
         pair = q @ q.t()
-        earlier = torch.ones(m, m, dtype=torch.bool, device=q.device).tril(-1)
-        pair = pair.masked_fill(~earlier, -2.0)
-        row_best, row_arg = pair.max(dim=1)
-        use_row = (row_best >= self.threshold) & (row_best > mem_best)
-        use_mem = (mem_best >= self.threshold) & ~use_row
+        # Masked: other (tier, bucket), and the row itself or later rows (upper triangle).
+        pair.masked_fill_((gid[:, None] != gid) | self._upper(n, q.device), -2.0)
+        best, arg = pair.max(dim=1)
+        return best, arg
+
+    def _resolve(
+        self,
+        groups: dict[tuple[str, int], list[int]],
+        own: torch.Tensor,
+        recalled: tuple[torch.Tensor, torch.Tensor] | None,
+        earlier: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Served cells, and each row's best cosine so far (None: no comparison was made)."""
+        if earlier is None:
+            if recalled is None:
+                return own, None
+            mem_best, mem_cell = recalled
+            return torch.where(mem_best >= self.threshold, mem_cell, own), mem_best
+        row_best, row_arg = earlier
+        use_row = row_best >= self.threshold
+        cell, best = own, row_best
+        if recalled is not None:
+            # An earlier row wins over the memory's entry only when it is nearer.
+            mem_best, mem_cell = recalled
+            use_row &= row_best > mem_best
+            cell = torch.where((mem_best >= self.threshold) & ~use_row, mem_cell, own)
+            best = torch.maximum(mem_best, row_best)
         # A row's cell: the memory's, else its own; rows that follow an earlier row take that
-        # row's final cell. Parents always point to an earlier row, so log2(m) jumps resolve it.
-        cell = torch.where(use_mem, mem_cell, own)
-        parent = torch.where(use_row, row_arg, torch.arange(m, device=q.device))
-        for _ in range(max(1, math.ceil(math.log2(m + 1)))):
+        # row's final cell. Parents always point to an earlier row of the same (tier, bucket),
+        # so log2(largest group) jumps resolve every chain.
+        parent = torch.where(use_row, row_arg, self._arange(own.shape[0], own.device))
+        longest = max(len(rows) for rows in groups.values())
+        for _ in range(max(1, math.ceil(math.log2(longest + 1)))):
             parent = parent[parent]
-        cell = cell[parent]
-        best = torch.maximum(mem_best, row_best)
-        keep = best < (self.dedupe if self.chain else self.threshold)
-        if bool(keep.any()):
+        return cell[parent], best
+
+    def _store(
+        self,
+        groups: dict[tuple[str, int], list[int]],
+        q: torch.Tensor,
+        cell: torch.Tensor,
+        keep: list[bool],
+        now: float,
+    ) -> None:
+        """Remember the kept rows with the cell they were served, in batch order per ring."""
+        kept = [[i for i in rows if keep[i]] for rows in groups.values()]
+        flat = [i for rows in kept for i in rows]
+        if not flat:
+            return
+        if len(flat) == q.shape[0] and flat == sorted(flat):
+            qk, ck = q, cell
+        else:
+            idx = torch.tensor(flat, device=q.device)
+            qk, ck = q[idx], cell[idx]
+        stored = [(key, len(rows)) for key, rows in zip(groups, kept, strict=True) if rows]
+        sizes = [size for _, size in stored]
+        runs = zip(qk.split(sizes), ck.split(sizes), strict=True) if len(stored) > 1 else [(qk, ck)]
+        for (key, _), (emb, served) in zip(stored, runs, strict=True):
+            ring = self._rings.get(key)
             if ring is None:
-                ring = _Ring(
+                ring = self._rings[key] = _Ring(
                     torch.zeros(self.capacity, q.shape[1], device=q.device),
                     torch.zeros(self.capacity, dtype=torch.int64, device=q.device),
                     torch.full((self.capacity,), -math.inf, dtype=torch.float64, device=q.device),
                 )
-                self._rings[key] = ring
-            ring.add(q[keep], cell[keep], now)
-            self.stats.stored += int(keep.sum())
-        return cell, best
+            ring.add(emb, served, now)
+        self.stats.stored += len(flat)
+
+    def _upper(self, n: int, device: torch.device) -> torch.Tensor:
+        """n×n mask of the diagonal and above: a slice of one mask per device, made once for
+        the largest batch seen."""
+        mask = self._uppers.get(str(device))
+        if mask is None or mask.shape[0] < n:
+            side = max(n, 64)
+            mask = torch.ones(side, side, dtype=torch.bool, device=device).triu()
+            self._uppers[str(device)] = mask
+        return mask[:n, :n]
+
+    def _arange(self, n: int, device: torch.device) -> torch.Tensor:
+        """0..n-1: a slice of one range per device."""
+        ar = self._aranges.get(str(device))
+        if ar is None or ar.shape[0] < n:
+            ar = torch.arange(max(n, 64), device=device)
+            self._aranges[str(device)] = ar
+        return ar[:n]
