@@ -19,6 +19,7 @@ from service.models import (
     mean_iou,
     model_card,
 )
+from service.models.architectures import centre_of_mass
 
 pytestmark = pytest.mark.unit
 
@@ -106,6 +107,22 @@ def test_forward_and_prepare_agree_with_heldout(digits: VisionModel) -> None:
     prepared = torch.stack([digits.prepare(item.tolist()) for item in raw])
     assert torch.equal(prepared, heldout("digits")[0][:4])
     digits.warmup((1, 3))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 7, 32, 100])
+def test_digits_embedding_pass_agrees_with_two_passes(digits: VisionModel, rows: int) -> None:
+    """forward_with_embedding runs x and its centred copy as one batch; it must give what two
+    separate passes give (the logits `forward` serves, the penultimate activations of the
+    centred input), to float tolerance: the conv kernels may differ with the batch size."""
+    network = digits.module
+    x = heldout("digits")[0][:rows]
+    with torch.inference_mode():
+        logits, embedding = network.forward_with_embedding(x)
+        centred = network.features(centre_of_mass(x))
+        hidden = network.classifier[:-1](centred)
+        torch.testing.assert_close(logits, network(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(embedding, hidden, rtol=1e-5, atol=1e-5)
+        assert torch.equal(logits.argmax(dim=1), network(x).argmax(dim=1))
 
 
 def test_fingerprint_is_stable_and_distinct(digits: VisionModel, scenes: VisionModel) -> None:
