@@ -122,6 +122,8 @@ class KeyedNoise:
             raise ModulationArgumentError("smooth", smooth, "has to be an odd integer >= 1")
         self.smooth = smooth
         self._cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._salt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._stream_salts: dict[tuple[int, str], torch.Tensor] = {}
 
     def __repr__(self) -> str:  # never show the secret
         return f"KeyedNoise(projections={self.projections}, step_factor={self.step_factor})"
@@ -201,10 +203,13 @@ class KeyedNoise:
         return _combine(_combine(h, lo.view(shape[:-1])), hi.view(shape[:-1]))
 
     def _salts(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        k = torch.arange(1, self.projections + 1, dtype=torch.int64, device=device)
-        salts = (k * 0x27D4EB2F) & _MASK31
-        weights = (_fmix(k * 0x165667B1 & _MASK31) & ((1 << 27) - 1)) | 1
-        return salts, weights
+        key = str(device)
+        if key not in self._salt_cache:  # fixed per device: made once, not per batch
+            k = torch.arange(1, self.projections + 1, dtype=torch.int64, device=device)
+            salts = (k * 0x27D4EB2F) & _MASK31
+            weights = (_fmix(k * 0x165667B1 & _MASK31) & ((1 << 27) - 1)) | 1
+            self._salt_cache[key] = (salts, weights)
+        return self._salt_cache[key]
 
     def fine_cells(self, logits: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         """A σ-independent fine digest of N×C logits (N,): the cell of a first-seen input.
@@ -226,10 +231,16 @@ class KeyedNoise:
             h = cells.to(logits.device, torch.int64).reshape(-1) & _MASK31
         else:
             h = self.digest(logits, seeds, scale).reshape(-1)
+        # Stream s reads row _combine(h, 2s + 1) of table a and _combine(h, 2s + 2) of table b;
+        # all 2·streams indices are hashed in one pass (the same integers, fewer torch calls).
+        salts = self._stream_salts.get((streams, str(h.device)))
+        if salts is None:
+            salts = torch.arange(1, 2 * streams + 1, dtype=torch.int64, device=h.device)
+            self._stream_salts[(streams, str(h.device))] = salts
+        index = (_combine(h[None, :], salts[:, None]) % rows).unbind(0)
         out = []
         for s in range(streams):
-            i = _combine(h, 2 * s + 1) % rows
-            j = _combine(h, 2 * s + 2) % rows
+            i, j = index[2 * s], index[2 * s + 1]
             noise = (table_a.index_select(0, i) + table_b.index_select(0, j)).mul_(_INV_SQRT2)
             if logits.dim() == 4:
                 # Gathered as N·H·W×C; a permuted view avoids a copy back to N×C×H×W.

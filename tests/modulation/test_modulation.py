@@ -18,6 +18,7 @@ from service.modulation import (
     focus_field,
     modulate,
 )
+from service.modulation import noise as noise_module
 
 pytestmark = pytest.mark.unit
 
@@ -120,6 +121,26 @@ def test_keyed_noise_is_standard_normal(keyed: KeyedNoise) -> None:
     # Different rows get (nearly) uncorrelated noise.
     corr = torch.corrcoef(noise[:, :2].t())[0, 1]
     assert abs(float(corr)) < 0.05
+
+
+@pytest.mark.parametrize("shape", [(16, 10), (2, 11, 6, 5)])
+def test_keyed_streams_read_the_tables_at_their_own_hashes(
+    keyed: KeyedNoise, shape: tuple[int, ...]
+) -> None:
+    """Stream s is table a at _combine(h, 2s + 1) plus table b at _combine(h, 2s + 2), over
+    √2; the indices of all streams are hashed in one pass, which must change nothing."""
+    z = torch.randn(*shape, generator=torch.Generator().manual_seed(3)) * 4
+    seeds, scale = _seeds(keyed, shape[0]), torch.full((shape[0],), 2.0)
+    streams = keyed.sample(z, seeds, scale, 2)
+    table_a, table_b, _ = keyed._tables(shape[1], z.device)
+    h = keyed.digest(z, seeds, scale).reshape(-1)
+    for s, noise in enumerate(streams):
+        i = noise_module._combine(h, 2 * s + 1) % table_a.shape[0]
+        j = noise_module._combine(h, 2 * s + 2) % table_a.shape[0]
+        want = (table_a[i] + table_b[j]) * (1 / math.sqrt(2))
+        if len(shape) == 4:
+            want = want.view(shape[0], *shape[2:], shape[1]).permute(0, 3, 1, 2)
+        assert torch.equal(noise, want)
 
 
 def test_keyed_repr_hides_secret(keyed: KeyedNoise) -> None:
