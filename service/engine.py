@@ -97,15 +97,14 @@ class Engine:
         logits, embedding = self._forward(x)
         t1 = time.perf_counter()
         rows = [it.rows for it in items]
-        sigma = torch.tensor([it.sigma for it in items]).repeat_interleave(torch.tensor(rows))
-        seeds = torch.tensor([it.seed for it in items], dtype=torch.int64).repeat_interleave(
-            torch.tensor(rows)
-        )
-        entries = [it.focus for it in items for _ in range(it.rows)]
+        # Per-row lists built in Python: one tensor each, not a tensor and a repeat per field.
+        per_row = [it for it, n in zip(items, rows, strict=True) for _ in range(n)]
+        sigma = torch.tensor([it.sigma for it in per_row])
+        seeds = torch.tensor([it.seed for it in per_row], dtype=torch.int64).to(device)
         spatial = (int(logits.shape[2]), int(logits.shape[3])) if logits.dim() == 4 else None
-        fld = focus_field(entries, logits.shape[1], spatial, device)
-        cells = self._cells(logits, embedding, seeds.to(device), sigma, fld, items)
-        params = BatchModulation(sigma.to(device), seeds.to(device), fld, cells)
+        fld = focus_field([it.focus for it in per_row], logits.shape[1], spatial, device)
+        cells = self._cells(logits, embedding, seeds, sigma, fld, per_row)
+        params = BatchModulation(sigma.to(device), seeds, fld, cells)
         out = modulate(logits, params, self.source)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -147,22 +146,27 @@ class Engine:
         seeds: torch.Tensor,
         sigma: torch.Tensor,
         fld: torch.Tensor | None,
-        items: Sequence[PredictItem],
+        per_row: Sequence[PredictItem],
     ) -> torch.Tensor | None:
-        """Noise cells of classification rows: own fine digest, or a remembered match's."""
+        """Noise cells of classification rows: own fine digest, or a remembered match's.
+        ``per_row`` names each row's item; ``sigma`` is on the CPU."""
         if self.memory is None or embedding is None or not isinstance(self.source, KeyedNoise):
             return None
         cells = self.source.fine_cells(logits, seeds)
-        noisy = sigma.to(logits.device) > 0
-        if fld is not None:
+        if fld is None:  # σ as the float32 values modulate() compares
+            rows = [i for i, s in enumerate(sigma.tolist()) if s > 0]
+        else:
+            noisy = sigma.to(logits.device) > 0
             noisy |= (fld != 0).reshape(fld.shape[0], -1).any(dim=1)
-        rows = noisy.nonzero().reshape(-1)
-        if rows.numel() == 0:
+            rows = noisy.nonzero().reshape(-1).tolist()
+        if not rows:
             return cells
-        tiers = [it.tier for it in items for _ in range(it.rows)]
-        picked = [tiers[r] for r in rows.tolist()]
-        cells[rows] = self.memory.assign(
-            picked, embedding[rows], logits[rows].argmax(dim=1), cells[rows]
+        tiers = [per_row[r].tier for r in rows]
+        if len(rows) == len(per_row):
+            return self.memory.assign(tiers, embedding, logits.argmax(dim=1), cells)
+        idx = torch.tensor(rows, device=logits.device)
+        cells[idx] = self.memory.assign(
+            tiers, embedding[idx], logits[idx].argmax(dim=1), cells[idx]
         )
         return cells
 
