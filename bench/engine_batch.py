@@ -1,6 +1,6 @@
 """The forward thread's cost per batch: `Engine.run` on bronze `digits` rows, in process.
 
-    python bench/engine_batch.py [--rows 32] [--runs 50] [--threads 1] [--profile]
+    python bench/engine_batch.py [--rows 32] [--runs 50] [--threads 1] [--contend] [--profile]
 
 Builds the engine as `aim serve` does (shipped `digits`, keyed noise, the replay memory centred
 on the calibration split) and times `Engine.run` on batches of one-row bronze items, as the
@@ -10,6 +10,11 @@ memory stores first-seen rows and grows as in serving); after them the same imag
 both, and the number of torch calls from Python per batch (functions and tensor methods, counted
 with a TorchFunctionMode: each is a trip through the GIL-held dispatcher). `--profile` adds a
 cProfile of the first-seen batches (top functions by total time).
+
+`--contend` times the same batches again while another thread spins in pure Python (as the
+event loop does under load), at the server's GIL switch interval of 0.5 ms: each torch call
+releases the GIL and must wait for it back, so the batch time there grows with the number of
+calls. It also prints how much of its solo speed the spinning thread kept.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import argparse
 import cProfile
 import pstats
 import statistics
+import sys
+import threading
 import time
 from typing import Any
 
@@ -45,11 +52,32 @@ class CountCalls(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+def spin_rate(work: Any) -> float:
+    """Iterations per second of a pure-Python loop on another thread while ``work()`` runs."""
+    stop = threading.Event()
+    count = [0]
+
+    def spin() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+        count[0] = n
+
+    thread = threading.Thread(target=spin)
+    t0 = time.perf_counter()
+    thread.start()
+    work()
+    stop.set()
+    thread.join()
+    return count[0] / (time.perf_counter() - t0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=32)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--contend", action="store_true")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -104,6 +132,12 @@ def main() -> None:
     print(line("first-seen", first_ms, new_calls))
     print(line("again", again_ms, again_calls))
     print(f"memory: {len(engine.memory or [])} entries, {engine.memory and engine.memory.stats}")
+    if args.contend:
+        sys.setswitchinterval(0.0005)  # service/server.py ServerLimits.switch_interval_s
+        solo = spin_rate(lambda: time.sleep(1.0))
+        ms: list[float] = []
+        shared = spin_rate(lambda: ms.extend(timed(first)))
+        print(line("contended", ms, new_calls) + f"  spinner kept {shared / solo:.2f} of its speed")
     if args.profile:
         pstats.Stats(prof).sort_stats("tottime").print_stats(18)
 
