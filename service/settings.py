@@ -53,9 +53,10 @@ class Settings(BaseSettings):
     admission_wait_s: float = Field(1.0, gt=0, le=60)
     """How long a request may wait at the edge for a slot before it gets 503."""
     lower_tier_in_flight: int | None = Field(None, ge=1)
-    """While requests wait and a higher tier is present, tiers below it run at most as many
-    requests as it does, or this many if that is more (every running request lengthens the
-    event loop's turns, which the top tier waits on). Default: an eighth of `max_batch_size`."""
+    """While requests wait and a higher tier is present that sent under a quarter of the last
+    second's requests, tiers below it run at most as many requests as it does, or this many if
+    that is more (every running request lengthens the event loop's turns, which the top tier
+    waits on). Default: an eighth of `max_batch_size`."""
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     """Larger request bodies get 413."""
     max_items: int = Field(64, ge=1)

@@ -295,6 +295,23 @@ async def test_past_max_in_flight_requests_wait_highest_tier_first() -> None:
     assert guard.in_flight == 1
 
 
+async def test_a_heavy_top_tier_does_not_throttle_the_lower_ones() -> None:
+    """Gold sending a quarter or more of the requests is load itself: bronze is not held to the
+    lower-tier share, only to the running cap and the waiting order."""
+    state = fake_state(queue_size=4, max_batch_size=2)
+    state.batcher.full = False
+    guard = OverloadGuard(state)
+    running: list[dict[str, Any]] = [{} for _ in range(4)]
+    for i, sc in enumerate(running):
+        assert guard(b"POST", b"/predict", GOLD if i % 2 else BRONZE, sc) is None
+    bronze: dict[str, Any] = {}
+    assert guard(b"POST", b"/predict", BRONZE, bronze) is None  # waits: 4 running
+    turn = asyncio.ensure_future(bronze["aim.admission"].wait())
+    running[1]["aim.admission"].release()  # a gold one ends: 2 bronze + 1 gold run
+    await asyncio.sleep(0)
+    assert turn.result() is True  # gold sent 2 of 5: bronze takes the free slot
+
+
 async def test_a_full_waiting_room_refuses_displaces_and_expires_lower_tiers() -> None:
     state = fake_state(queue_size=2, max_batch_size=1)  # 2 run, 2 wait
     state.batcher.full = False
