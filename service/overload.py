@@ -78,7 +78,10 @@ class Admission:
         try:
             return await self.future
         except asyncio.CancelledError:
-            self.guard._leave(self)
+            if self.running:  # started just before the cancel reached it: free the slot
+                self.release()
+            else:
+                self.guard._leave(self)
             raise
 
     def release(self) -> None:

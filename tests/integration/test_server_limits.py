@@ -295,6 +295,24 @@ async def test_past_max_in_flight_requests_wait_highest_tier_first() -> None:
     assert guard.in_flight == 1
 
 
+async def test_a_waiter_cancelled_as_it_starts_frees_its_slot() -> None:
+    state = fake_state(queue_size=2, max_batch_size=1)
+    state.batcher.full = False
+    guard = OverloadGuard(state)
+    guard.max_in_flight = 1
+    first: dict[str, Any] = {}
+    second: dict[str, Any] = {}
+    assert guard(b"POST", b"/predict", GOLD, first) is None
+    assert guard(b"POST", b"/predict", GOLD, second) is None
+    waiting = asyncio.ensure_future(second["aim.admission"].wait())
+    await asyncio.sleep(0)
+    first["aim.admission"].release()  # the second starts ...
+    waiting.cancel()  # ... and its task is cancelled before it resumes
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert guard.in_flight == 0 and guard.waiting == 0
+
+
 async def test_a_heavy_top_tier_does_not_throttle_the_lower_ones() -> None:
     """Gold sending a quarter or more of the requests is load itself: bronze is not held to the
     lower-tier share, only to the running cap and the waiting order."""
