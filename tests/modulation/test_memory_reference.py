@@ -44,20 +44,6 @@ class _OldRing:
 class ReferenceMemory(ReplayMemory):
     """The replay memory as first built (commit 5d30dde): a loop over (tier, bucket) groups."""
 
-    def normalise(self, embeddings: torch.Tensor) -> torch.Tensor:
-        e = embeddings.detach().reshape(embeddings.shape[0], -1).to(torch.float32)
-        if self.centre is not None and self.centre.numel() == e.shape[1]:
-            e = e - self.centre.to(e.device, torch.float32).reshape(1, -1)
-        d = e.shape[1]
-        if d > 128:
-            key = (d, str(e.device))
-            if key not in self._projections:
-                gen = torch.Generator().manual_seed(d)
-                proj = torch.randn(d, 128, generator=gen) / math.sqrt(128)
-                self._projections[key] = proj.to(e.device)
-            e = e @ self._projections[key]
-        return torch.nn.functional.normalize(e, dim=1, eps=1e-12)
-
     def assign(
         self,
         tiers: list[str],
