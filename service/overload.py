@@ -81,7 +81,7 @@ class Admission:
             if self.running:  # started just before the cancel reached it: free the slot
                 self.release()
             else:
-                self.guard._leave(self)
+                self.guard._remove(self)
             raise
 
     def release(self) -> None:
@@ -219,10 +219,6 @@ class OverloadGuard:
         admission.timer = None
         self._refuse_waiter(admission)
 
-    def _leave(self, admission: Admission) -> None:
-        """A waiting request's task was cancelled (shutdown): forget it."""
-        self._remove(admission)
-
     def _finished(self, rank: int) -> None:
         self.running[rank] -= 1
         self._drain()
@@ -259,9 +255,7 @@ class OverloadGuard:
             self._logged_at, self._logged_count = now, self.refused
 
     def _gauge(self) -> None:
-        gauge = getattr(self.state.metrics, "admission_waiting", None)
-        if gauge is not None:
-            gauge.set(self.waiting)
+        self.state.metrics.admission_waiting.set(self.waiting)
 
     def _tier_of(self, headers: Headers) -> tuple[int, str]:
         """The rank and name of the key's own tier (X-AIM-Tier can only lower it, so this is
