@@ -14,8 +14,9 @@ server), same load, same request bodies (one held-out 8×8 digit per request, cy
 Load: `wrk` (C, cheap on the CPU it shares with the server) with 2 threads and 32 connections
 for `--duration` seconds after a `--warmup` run whose numbers are dropped; the Lua script
 bench/peers/mixed_keys.lua rotates bodies and keys and tallies status codes. Prints req/s
-(all answers and 2xx only), p50/p90/p99 latency and non-2xx counts per server, writes the same
-as JSON to `--out`, and ends with the line
+(all answers and 2xx only), p50/p90/p99 latency, non-2xx counts, and the server's CPU while
+measured (cores busy, and CPU ms per answer: its cost, apart from how much CPU the machine had
+to give it) per server, writes the same as JSON to `--out`, and ends with the line
 
     ours/litserve req/s ratio: X.XX, p99 ratio: Y.YY
     ours/floor req/s share: Z.ZZ
@@ -47,6 +48,7 @@ from peers.harness import (
     Server,
     WrkResult,
     aim_server,
+    cpu_seconds,
     digit_bodies,
     free_port,
     install_sigterm_handler,
@@ -119,11 +121,13 @@ def bench_one(
             warm = wrk_command(url, duration=args.warmup, **common)
             run_wrk(warm, args.warmup, workdir / f"{name}-warmup.txt")
         print(f"[{name}] measuring for {args.duration:.0f} s", flush=True)
+        cpu_before = cpu_seconds(server.proc.pid) if server.proc else 0.0
         result = run_wrk(
             wrk_command(url, duration=args.duration, **common),
             args.duration,
             workdir / f"{name}-wrk.txt",
         )
+        cpu = (cpu_seconds(server.proc.pid) - cpu_before) if server.proc else 0.0
         rss = rss_mib(server.proc.pid) if server.proc else 0.0
         threads = threads_per_process(server.proc.pid) if server.proc else []
         if not server.alive():
@@ -142,6 +146,10 @@ def bench_one(
         **result.as_dict(),
         "ready_s": round(ready_s, 2),
         "rss_mib_after": round(rss, 1),
+        # The server's CPU per answer while measured (its processes, all threads): what it
+        # costs, apart from how much CPU the machine had to give it.
+        "cpu_ms_per_request": round(1000 * cpu / result.requests, 3) if result.requests else None,
+        "cpu_cores": round(cpu / result.duration_s, 2) if result.duration_s else None,
         "keys": len(keys),
         "wrk_output": result.raw,
     }
@@ -164,10 +172,17 @@ def fmt(x: float | None) -> str:
     return f"{x:.2f}" if x is not None else "n/a"
 
 
+def fmt3(x: float | None) -> str:
+    return f"{x:.3f}" if x is not None else "n/a"
+
+
 def summary_table(results: dict[str, dict[str, Any]]) -> None:
     print()
     head = f"{'server':<10} {'req/s':>9} {'2xx/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}"
-    print(head + f" {'non-2xx':>8} {'sock err':>8} {'rss MiB':>8} {'procs':>5}")
+    print(
+        head + f" {'non-2xx':>8} {'sock err':>8} {'rss MiB':>8} {'procs':>5} {'cores':>5}", end=""
+    )
+    print(f" {'cpu ms/req':>10}")
     for name, r in results.items():
         if "error" in r:
             print(f"{name:<10} failed: {r['error'].splitlines()[0]}")
@@ -177,7 +192,7 @@ def summary_table(results: dict[str, dict[str, Any]]) -> None:
             f"{name:<10} {r['rps']:>9.1f} {r['ok_rps']:>9.1f} {lat['p50']:>8.2f} "
             f"{lat['p90']:>8.2f} {lat['p99']:>8.2f} {r['non_2xx']:>8} "
             f"{sum(r['socket_errors'].values()):>8} {r['rss_mib_after']:>8.1f} "
-            f"{r['processes']:>5}"
+            f"{r['processes']:>5} {fmt(r['cpu_cores']):>5} {fmt3(r['cpu_ms_per_request']):>10}"
         )
     print()
 

@@ -222,6 +222,20 @@ def rss_mib(pgid: int) -> float:
     return total_kib / 1024
 
 
+def cpu_seconds(pgid: int) -> float:
+    """User plus system CPU time used so far by the live processes of the group, in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in group_pids(pgid):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        rest = stat[stat.rfind(")") + 2 :].split()
+        total += int(rest[11]) + int(rest[12])  # utime, stime (fields 14 and 15)
+    return total / ticks
+
+
 def threads_per_process(pgid: int) -> list[int]:
     """OS threads of each live process in the group (what a server really runs on)."""
     counts = []

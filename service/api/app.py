@@ -2,23 +2,51 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from .. import __version__
 from ..config import ServiceConfig
 from ..keys import KeyStore
 from ..keywatch import KeysWatcher
 from ..settings import Settings
+from .direct import DirectRoute
 from .docs import install_docs
 from .errors import install_error_handlers
 from .metering import MeteringMiddleware
 from .middleware import ServiceMiddleware
 from .routes import admin, info, openai, predict, v2
 from .state import AppState
+
+
+class ServiceApp(FastAPI):
+    """FastAPI with the service's own middleware outermost, outside FastAPI's.
+
+    Every request passes request ids, metrics and the access log (api/middleware.py), then usage
+    metering (api/metering.py), then the direct `POST /predict` (api/direct.py); only what that
+    does not take goes on into FastAPI's stack (its server error, telemetry and body-limit
+    middleware, exception handlers, routing). Added with `add_middleware`, ours would sit inside
+    FastAPI's outer three, and every `/predict` would pay for them and their send wrappers.
+    """
+
+    edge: Callable[[ASGIApp], ASGIApp] | None = None
+    """Wraps FastAPI's stack; set by `create_app`."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        inner = super().build_middleware_stack()
+        return inner if self.edge is None else self.edge(inner)
+
+
+def _edge(inner: ASGIApp, state: AppState, max_body_bytes: int) -> ASGIApp:
+    direct = DirectRoute(inner, state, "POST", "/predict", predict.route(), predict.predict)
+    return ServiceMiddleware(
+        MeteringMiddleware(direct, state.accounting), state.metrics, max_body_bytes
+    )
 
 
 def create_app(
@@ -57,7 +85,7 @@ def create_app(
             await state.stop()
             await state.accounting.stop()
 
-    app = FastAPI(
+    app = ServiceApp(
         title="AIM serving",
         version=__version__,
         description=(
@@ -74,15 +102,12 @@ def create_app(
     )
     app.state.aim = state
     install_error_handlers(app, {"/v2": v2.error_shape, "/v1": openai.error_shape})
-    app.add_middleware(MeteringMiddleware, accounting=state.accounting)
-    app.add_middleware(
-        ServiceMiddleware, metrics=state.metrics, max_body_bytes=settings.max_body_bytes
-    )
     app.include_router(predict.router)
     app.include_router(info.router)
     app.include_router(v2.router)
     app.include_router(openai.router)
     install_docs(app)
+    app.edge = partial(_edge, state=state, max_body_bytes=settings.max_body_bytes)
     if settings.admin_token is not None and settings.admin_token.get_secret_value():
         app.include_router(admin.router)
     return app

@@ -7,6 +7,7 @@ the body is read; generation models are answered by `generate.py`.
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from ...batching import submit_until_disconnect
@@ -41,3 +42,9 @@ async def predict(request: Request, state: State, caller: InferenceCaller) -> Re
     return json_response(
         {"model": state.name, "tier": item.tier, "task": runtime.task, "predictions": predictions}
     )
+
+
+def route() -> APIRoute:
+    """The registered `POST /predict` route (api/direct.py serves it without FastAPI's routing)."""
+    found = next(r for r in router.routes if isinstance(r, APIRoute) and r.path == "/predict")
+    return found
