@@ -89,6 +89,12 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="only samples of the thread holding the GIL (where Python time really goes when "
+        "threads contend for it; without, a thread waiting for the GIL is blamed on its frame)",
+    )
     parser.add_argument("--env", action="append", default=[], help="extra AIM_X=Y for the server")
     parser.add_argument("--out", type=Path, default=Path("out/profile.txt"))
     args = parser.parse_args()
@@ -112,7 +118,7 @@ def main() -> int:
             subprocess.run(
                 [spy, "record", "--pid", str(server.proc.pid), "--format", "raw", "--threads",
                  "--rate", str(args.rate), "--duration", str(round(args.duration)),
-                 "--nonblocking", "--output", str(raw)],
+                 "--nonblocking", "--output", str(raw), *(["--gil"] if args.gil else [])],
                 check=True, capture_output=True, timeout=args.duration + 60,
             )  # fmt: skip
             result = finish_wrk(wrk, workdir / "wrk.txt", 60)

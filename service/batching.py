@@ -268,18 +268,30 @@ class Batcher(Worker[T]):
         super().__init__(**options)
         self._run_batch = run_batch
 
-    async def submit(self, item: T, rank: int = 0, tier: str = "") -> Any:
+    async def submit(
+        self,
+        item: T,
+        rank: int = 0,
+        tier: str = "",
+        receive: Callable[[], Awaitable[Any]] | None = None,
+    ) -> Any:
         """Queue an item and wait for its result. Raises `Unavailable` at once if full/closed,
         or later if a higher tier displaces it from a full queue.
 
-        Cancelling the caller cancels the item: it is skipped if its batch has not run yet.
+        Cancelling the caller cancels the item: it is skipped if its batch has not run yet. So
+        does the client going away, when ``receive`` (its ASGI receive) is given.
         """
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._enqueue(Pending(item, future, rank=rank, tier=tier))
+        watcher = (
+            asyncio.ensure_future(watch_disconnect(receive, future.cancel)) if receive else None
+        )
         try:
             return await future
         finally:
             self._open -= 1
+            if watcher is not None:
+                watcher.cancel()
 
     def _reject(self, pending: Pending[T], error: Exception) -> None:
         if not pending.future.done():  # `submit` counts it off `_open` when it wakes
@@ -332,10 +344,8 @@ async def submit_until_disconnect(
     rank: int = 0,
     tier: str = "",
 ) -> Any:
-    """`batcher.submit(item, rank, tier)`, cancelled if the client goes away meanwhile."""
-    task = asyncio.ensure_future(batcher.submit(item, rank, tier))
-    watcher = asyncio.ensure_future(watch_disconnect(receive, task.cancel))
-    try:
-        return await task
-    finally:
-        watcher.cancel()
+    """`batcher.submit(item, rank, tier)`, cancelled if the client goes away meanwhile.
+
+    `submit` watches the client itself and awaits the result's future, rather than a task
+    wrapping `submit` here: a task per request was a tenth of this function's cost."""
+    return await batcher.submit(item, rank, tier, receive)

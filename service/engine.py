@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import ServiceError
@@ -39,8 +40,8 @@ log = logging.getLogger(__name__)
 class PredictItem:
     """One request's rows and its modulation knobs."""
 
-    inputs: torch.Tensor
-    """Prepared inputs, rows × input shape."""
+    inputs: torch.Tensor | np.ndarray
+    """Prepared inputs, rows × input shape (an array when prepared on the event loop)."""
     tier: str
     sigma: float
     seed: int
@@ -51,6 +52,13 @@ class PredictItem:
     @property
     def rows(self) -> int:
         return int(self.inputs.shape[0])
+
+
+def batch_inputs(items: Sequence[PredictItem]) -> torch.Tensor:
+    """The items' inputs as one CPU tensor (arrays and tensors may mix)."""
+    if all(isinstance(it.inputs, np.ndarray) for it in items):
+        return torch.from_numpy(np.concatenate([it.inputs for it in items]))
+    return torch.cat([torch.as_tensor(it.inputs) for it in items])
 
 
 class InferenceFailed(ServiceError):
@@ -92,7 +100,7 @@ class Engine:
 
     def _run(self, items: Sequence[PredictItem]) -> list[Any]:
         device = self.model.device
-        x = torch.cat([it.inputs for it in items]).to(device, non_blocking=True)
+        x = batch_inputs(items).to(device, non_blocking=True)
         t0 = time.perf_counter()
         logits, embedding = self._forward(x)
         t1 = time.perf_counter()

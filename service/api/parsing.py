@@ -6,6 +6,7 @@ import base64
 import binascii
 from typing import Any
 
+import numpy as np
 import torch
 from starlette.concurrency import run_in_threadpool
 
@@ -19,22 +20,30 @@ from .schemas import FocusItem
 _ALL = ("all", "*")
 
 
-async def prepare_inputs(inputs: list[Any], adapter: Any) -> torch.Tensor:
-    """Each input prepared by the model adapter; errors name `inputs[i]...`."""
+async def prepare_inputs(inputs: list[Any], adapter: Any) -> np.ndarray:
+    """Each input prepared by the model adapter, stacked; errors name `inputs[i]...`.
+
+    An array, not a tensor: no torch call runs on the event loop, where one may give up the GIL
+    to the forward thread and then wait for it (the engine makes the batch a tensor)."""
     from ..models.errors import InputError
 
-    tensors = []
+    prepare = getattr(adapter, "prepare_array", None)
+    arrays = []
     for i, item in enumerate(inputs):
         try:
             if isinstance(item, dict):
-                tensors.append(await run_in_threadpool(_image, item, adapter, i))
+                arrays.append((await run_in_threadpool(_image, item, adapter, i)).numpy())
+            elif prepare is not None:
+                arrays.append(prepare(item))
             else:
-                tensors.append(adapter.prepare(item))
+                arrays.append(adapter.prepare(item).numpy())
         except InputError as exc:
             raise InvalidInput(
                 f"`inputs[{i}]{exc.field}`: {exc.reason}", f"inputs[{i}]{exc.field}"
             ) from None
-    return torch.stack(tensors)
+    if not arrays:
+        raise InvalidInput("`inputs`: give at least one input", "inputs")
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
 
 
 def _image(item: dict[str, Any], adapter: Any, i: int) -> torch.Tensor:

@@ -80,8 +80,12 @@ class VisionModel:
         Accepts the spec's C×H×W shape, or H×W for one channel. Raises ``InputError`` naming the
         first bad element (field relative to the item, e.g. "[3][1]") or the shape.
         """
+        return torch.from_numpy(self.prepare_array(item))
+
+    def prepare_array(self, item: Any) -> np.ndarray:
+        """`prepare` as a float32 array (no torch call: see `InputSpec.normalize_array`)."""
         raw = checked_item(item, self.input_spec)
-        return self.input_spec.normalize(raw.reshape(self.input_spec.shape))
+        return self.input_spec.normalize_array(raw.reshape(self.input_spec.shape))
 
     def decode_image(self, data: bytes) -> torch.Tensor:
         """PNG/JPEG bytes → the network's input (grayscale or RGB, resized to H×W).

@@ -149,9 +149,14 @@ class InputSpec(BaseModel):
 
     def normalize(self, raw: np.ndarray) -> torch.Tensor:
         """Raw values (…×C×H×W, already checked) → the float32 CPU tensor the network takes."""
+        return torch.from_numpy(self.normalize_array(raw))
+
+    def normalize_array(self, raw: np.ndarray) -> np.ndarray:
+        """`normalize` as a contiguous float32 array: what the event loop uses, since a torch
+        call there may give up the GIL to the forward thread and wait to get it back."""
         x = np.asarray(raw, dtype=np.float32) / np.float32(self.scale)
         if self.mean is not None and self.std is not None:
             mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
             std = np.asarray(self.std, dtype=np.float32)[:, None, None]
             x = (x - mean) / std
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        return np.ascontiguousarray(x, dtype=np.float32)

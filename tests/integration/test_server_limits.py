@@ -46,13 +46,15 @@ class App:
 
 
 @contextlib.contextmanager
-def serving(app: Any, limits: ServerLimits, refuse: Any = None) -> Iterator[int]:
+def serving(
+    app: Any, limits: ServerLimits, refuse: Any = None, protocol: Any = None
+) -> Iterator[int]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = int(sock.getsockname()[1])
     config = uvicorn.Config(
         app,
-        http=protocol_class(limits, refuse),
+        http=protocol or protocol_class(limits, refuse),
         log_config=None,
         lifespan="off",
         timeout_keep_alive=max(1, round(limits.keep_alive_s)),
@@ -81,6 +83,71 @@ def read_response(sock: socket.socket, timeout: float = 10.0) -> bytes:
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
+
+
+class Streaming:
+    """Sends its head, then waits until told before the body (a stream not yet started)."""
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = [(b"content-length", b"4")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        while not self.go.is_set():
+            await asyncio.sleep(0.01)
+        await send({"type": "http.response.body", "body": b"done"})
+
+
+def counting_protocol(limits: ServerLimits, writes: list[bytes]) -> type[Any]:
+    """The guarded protocol over a real transport whose writes are recorded."""
+
+    class Counted:
+        def __init__(self, transport: Any) -> None:
+            self._transport = transport
+
+        def write(self, data: bytes) -> None:
+            writes.append(data)
+            self._transport.write(data)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._transport, name)
+
+    base = protocol_class(limits)
+
+    class Protocol(base):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(Counted(transport))
+
+    return Protocol
+
+
+def test_an_answer_goes_out_in_one_write_and_a_held_head_at_the_next_turn() -> None:
+    writes: list[bytes] = []
+    protocol = counting_protocol(ServerLimits(), writes)
+    streaming = Streaming()
+    chunked = b"\r\n\r\n1\r\n3\r\n0\r\n\r\n"  # App sets no content-length
+    for app, end in ((App(), chunked), (streaming, b"\r\n\r\ndone")):
+        with (
+            serving(app, ServerLimits(), protocol=protocol) as port,
+            socket.create_connection(("127.0.0.1", port)) as s,
+        ):
+            writes.clear()
+            s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+            s.settimeout(5)
+            answer = s.recv(65536)
+            if app is streaming:  # the head arrives alone, before the body is sent
+                assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\n")
+                assert len(writes) == 1
+                streaming.go.set()
+                answer += s.recv(65536)
+                assert len(writes) == 2
+            else:
+                assert len(writes) == 1, writes  # head and body in one send()
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            assert answer.endswith(end)
 
 
 def test_an_oversized_header_gets_431_and_the_connection_closes() -> None:
