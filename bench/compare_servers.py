@@ -53,9 +53,11 @@ from peers.harness import (
     free_port,
     install_sigterm_handler,
     machine_info,
+    prometheus_samples,
     rss_mib,
     run_wrk,
     running,
+    scrape,
     smoke_test,
     threads_per_process,
     write_lines,
@@ -122,12 +124,14 @@ def bench_one(
             run_wrk(warm, args.warmup, workdir / f"{name}-warmup.txt")
         print(f"[{name}] measuring for {args.duration:.0f} s", flush=True)
         cpu_before = cpu_seconds(server.proc.pid) if server.proc else 0.0
+        batches_before = batch_totals(server.base_url) if name == "ours" else None
         result = run_wrk(
             wrk_command(url, duration=args.duration, **common),
             args.duration,
             workdir / f"{name}-wrk.txt",
         )
         cpu = (cpu_seconds(server.proc.pid) - cpu_before) if server.proc else 0.0
+        batches = batch_totals(server.base_url) if batches_before is not None else None
         rss = rss_mib(server.proc.pid) if server.proc else 0.0
         threads = threads_per_process(server.proc.pid) if server.proc else []
         if not server.alive():
@@ -139,6 +143,11 @@ def bench_one(
                 f"{server.log_tail()}"
             )
     report(name, result)
+    rows_per_batch = None
+    if batches is not None and batches_before is not None and batches[0] > batches_before[0]:
+        count, rows = batches[0] - batches_before[0], batches[1] - batches_before[1]
+        rows_per_batch = round(rows / count, 1)
+        print(f"[{name}] {count:.0f} batches while measured, {rows_per_batch} rows each on average")
     print(f"[{name}] {len(threads)} process(es), OS threads per process {threads}", flush=True)
     return {
         "processes": len(threads),
@@ -150,9 +159,20 @@ def bench_one(
         # costs, apart from how much CPU the machine had to give it.
         "cpu_ms_per_request": round(1000 * cpu / result.requests, 3) if result.requests else None,
         "cpu_cores": round(cpu / result.duration_s, 2) if result.duration_s else None,
+        "rows_per_batch": rows_per_batch,
         "keys": len(keys),
         "wrk_output": result.raw,
     }
+
+
+def batch_totals(base_url: str) -> tuple[float, float] | None:
+    """(forward passes, rows) so far, from ours' `aim_batch_size` histogram."""
+    text = scrape(base_url)
+    if text is None:
+        return None
+    count = sum(v for _, v in prometheus_samples(text, "aim_batch_size_count"))
+    rows = sum(v for _, v in prometheus_samples(text, "aim_batch_size_sum"))
+    return count, rows
 
 
 def report(name: str, r: WrkResult) -> None:

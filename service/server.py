@@ -93,12 +93,15 @@ class _HeadWithBody:
     Everything else is passed to the real transport; `close` sends what is held first.
     """
 
-    __slots__ = ("_head", "_loop", "_transport")
-
     def __init__(self, transport: Any, loop: Any) -> None:
         self._transport = transport
         self._loop = loop
         self._head: bytes | None = None
+        # Asked several times per request: bound here, not looked up through __getattr__.
+        self.is_closing = transport.is_closing
+        self.pause_reading = transport.pause_reading
+        self.resume_reading = transport.resume_reading
+        self.get_extra_info = transport.get_extra_info
 
     def write(self, data: bytes) -> None:
         head, self._head = self._head, None
@@ -327,6 +330,10 @@ def serve(
         http=protocol_class(limits, refuse),
         log_config=None,
         access_log=False,
+        # Nothing reads the client's address (limits are per account, logs carry request ids),
+        # so X-Forwarded-For is not worth a middleware layer on every request.
+        proxy_headers=False,
+        server_header=False,  # no `server: uvicorn` on every answer
         timeout_keep_alive=max(1, round(limits.keep_alive_s)),
         timeout_graceful_shutdown=30,
     )
