@@ -13,7 +13,7 @@ protocol, where they cost nothing on the normal path:
   ASGI work: under overload the answer (503) is written straight from the protocol, the body is
   skipped as it arrives and the connection stays usable;
 - a bound on requests per keep-alive connection (then `connection: close`);
-- one `send()` per answer instead of two (head and body together, `_HeadWithBody`).
+- one `send()` per answer instead of two (head and body together, `HeadWithBody`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from .api.errors import error_body
+from .coalescing import HeadWithBody
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,11 @@ class ServerLimits:
     max_requests_per_connection: int = 10_000
     """Then the connection is closed (spreads long-lived clients over restarts and replicas)."""
     refusal_pause_s: float = 1.0
-    """After a refusal, the next request on that connection is read this much later (the 503
-    itself is sent at once, with `Retry-After: 1`, the same second): a client that ignores
-    Retry-After cannot turn the event loop into a refusal loop while admitted requests wait.
-    On this machine every answer costs about the same (kernel, wrk, parsing), so refusals
-    otherwise take goodput from admitted requests one for one."""
+    """After a refusal or any other 503, the next request on that connection is read this much
+    later (the 503 itself is sent at once, with `Retry-After: 1`, the same second): a client
+    that ignores Retry-After cannot turn the event loop into a refusal loop while admitted
+    requests wait. On this machine every answer costs about the same (kernel, wrk, parsing),
+    so refusals otherwise take goodput from admitted requests one for one."""
     switch_interval_s: float = 0.0005
     """How long a thread waiting for the GIL waits before the holder is asked to drop it."""
 
@@ -80,50 +81,6 @@ def _response(status: int, body: bytes, extra: Headers, default: Headers, close:
     parts += [b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode()]
     parts += [b"\r\nconnection: close\r\n\r\n" if close else b"\r\n\r\n", body]
     return b"".join(parts)
-
-
-class _HeadWithBody:
-    """A transport that sends a response's head together with the body that follows it.
-
-    uvicorn writes the status line and headers on `http.response.start` and the body on
-    `http.response.body`: two `send()` calls per answer. On this machine's VM they took a fifth
-    of the event loop under load (py-spy --gil). A head is held here until the next write,
-    which normally comes in the same turn of the event loop, and goes out with it; a head with
-    no body after it this turn (a stream that has not started) goes out at the next turn.
-    Everything else is passed to the real transport; `close` sends what is held first.
-    """
-
-    def __init__(self, transport: Any, loop: Any) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._head: bytes | None = None
-        # Asked several times per request: bound here, not looked up through __getattr__.
-        self.is_closing = transport.is_closing
-        self.pause_reading = transport.pause_reading
-        self.resume_reading = transport.resume_reading
-        self.get_extra_info = transport.get_extra_info
-
-    def write(self, data: bytes) -> None:
-        head, self._head = self._head, None
-        if head is not None:
-            self._transport.write(head + data)
-        elif data[:5] == b"HTTP/" and data[-4:] == b"\r\n\r\n":
-            self._head = data
-            self._loop.call_soon(self._flush)
-        else:
-            self._transport.write(data)
-
-    def _flush(self) -> None:
-        head, self._head = self._head, None
-        if head is not None and not self._transport.is_closing():
-            self._transport.write(head)
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
 
 
 class GuardedHttpTools(HttpToolsProtocol):
@@ -170,7 +127,7 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        self.transport = _HeadWithBody(transport, self.loop)  # type: ignore[assignment]
+        self.transport = HeadWithBody(transport, self.loop)  # type: ignore[assignment]
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -274,6 +231,18 @@ class GuardedHttpTools(HttpToolsProtocol):
         elif self.limits.refusal_pause_s > 0:
             self.flow.pause_reading()
             self.loop.call_later(self.limits.refusal_pause_s, self._resume_after_refusal)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # Every 503 (queue full, displaced, an edge wait that expired, not ready) pauses the
+        # connection as a refusal from the protocol does: a client that retries at once would
+        # otherwise spend the loop's time on refusals, as many as it can send.
+        transport = self.transport
+        if isinstance(transport, HeadWithBody) and transport.unavailable:
+            transport.unavailable = False
+            if self.limits.refusal_pause_s > 0 and not transport.is_closing():
+                self.flow.pause_reading()
+                self.loop.call_later(self.limits.refusal_pause_s, self._resume_after_refusal)
 
     def _resume_after_refusal(self) -> None:
         if not self.transport.is_closing():

@@ -246,6 +246,35 @@ def test_a_refusal_is_written_before_the_body_and_keeps_the_connection() -> None
     assert seen[0] == (b"POST", b"/busy?x=1")
 
 
+class Unavailable503:
+    """Answers 503 on /busy (as the gate, the batcher or readiness do), else 200."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        status = 503 if scope["path"] == "/busy" else 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+def test_any_503_pauses_the_connection_as_a_refusal_does() -> None:
+    limits = ServerLimits(refusal_pause_s=0.5)
+    with (
+        serving(Unavailable503(), limits) as port,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c,
+    ):
+        c.get("/ok")  # connected
+        started = time.monotonic()
+        c.get("/ok")
+        after_200 = time.monotonic() - started
+        assert c.get("/busy").status_code == 503
+        started = time.monotonic()
+        assert c.get("/ok").status_code == 200  # same connection, read 0.5 s later
+        after_503 = time.monotonic() - started
+    assert after_503 >= 0.45, after_503
+    assert after_200 < 0.45, after_200
+
+
 def test_a_failing_refusal_hook_serves_the_request() -> None:
     def broken(method: bytes, url: bytes, headers: Any, scope: Any) -> Refusal | None:
         raise AttributeError("no such attribute")
