@@ -71,7 +71,7 @@ def modulation(shapes: list[tuple[int, ...]], device: torch.device, repeats: int
         logits = torch.randn(shape, device=device) * 4
         n = shape[0]
         params = BatchModulation(
-            torch.full((n,), 4.0, device=device), keyed.seeds([("k", "silver")] * n).to(device)
+            torch.full((n,), 4.0, device=device), keyed.seeds(["silver"] * n).to(device)
         )
         out = torch.empty_like(logits)
         floor = timed(lambda o=out, x=logits: o.copy_(x), repeats, device)
