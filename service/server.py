@@ -228,9 +228,8 @@ class GuardedHttpTools(HttpToolsProtocol):
         )
         if not keep:
             self.transport.close()
-        elif self.limits.refusal_pause_s > 0:
-            self.flow.pause_reading()
-            self.loop.call_later(self.limits.refusal_pause_s, self._resume_after_refusal)
+        else:
+            self._pause_after_refusal()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -240,9 +239,13 @@ class GuardedHttpTools(HttpToolsProtocol):
         transport = self.transport
         if isinstance(transport, HeadWithBody) and transport.unavailable:
             transport.unavailable = False
-            if self.limits.refusal_pause_s > 0 and not transport.is_closing():
-                self.flow.pause_reading()
-                self.loop.call_later(self.limits.refusal_pause_s, self._resume_after_refusal)
+            if not transport.is_closing():
+                self._pause_after_refusal()
+
+    def _pause_after_refusal(self) -> None:
+        if self.limits.refusal_pause_s > 0:
+            self.flow.pause_reading()
+            self.loop.call_later(self.limits.refusal_pause_s, self._resume_after_refusal)
 
     def _resume_after_refusal(self) -> None:
         if not self.transport.is_closing():

@@ -46,5 +46,4 @@ async def predict(request: Request, state: State, caller: InferenceCaller) -> Re
 
 def route() -> APIRoute:
     """The registered `POST /predict` route (api/direct.py serves it without FastAPI's routing)."""
-    found = next(r for r in router.routes if isinstance(r, APIRoute) and r.path == "/predict")
-    return found
+    return next(r for r in router.routes if isinstance(r, APIRoute) and r.path == "/predict")
