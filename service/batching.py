@@ -279,7 +279,8 @@ class Batcher(Worker[T]):
         or later if a higher tier displaces it from a full queue.
 
         Cancelling the caller cancels the item: it is skipped if its batch has not run yet. So
-        does the client going away, when ``receive`` (its ASGI receive) is given.
+        does the client going away, when ``receive`` (its ASGI receive) is given: the watcher
+        cancels the result's future itself, so a request costs no task of its own around this.
         """
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._enqueue(Pending(item, future, rank=rank, tier=tier))
@@ -335,17 +336,3 @@ async def watch_disconnect(receive: Callable[[], Awaitable[Any]], gone: Callable
         if message.get("type") == "http.disconnect":
             gone()
             return
-
-
-async def submit_until_disconnect(
-    batcher: Batcher[Any],
-    item: Any,
-    receive: Callable[[], Awaitable[Any]],
-    rank: int = 0,
-    tier: str = "",
-) -> Any:
-    """`batcher.submit(item, rank, tier)`, cancelled if the client goes away meanwhile.
-
-    `submit` watches the client itself and awaits the result's future, rather than a task
-    wrapping `submit` here: a task per request was a tenth of this function's cost."""
-    return await batcher.submit(item, rank, tier, receive)

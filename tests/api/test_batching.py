@@ -15,7 +15,6 @@ from service.batching import (
     Pending,
     TierQueue,
     collect_batch,
-    submit_until_disconnect,
     take_ready,
 )
 from service.errors import Unavailable
@@ -241,8 +240,8 @@ async def test_requests_of_gone_clients_are_dropped_before_the_forward_pass() ->
 
     batcher: Batcher[Item] = Batcher(record, max_rows=8, max_wait=0.05)
     batcher.start()
-    dropped = asyncio.ensure_future(submit_until_disconnect(batcher, Item(1, 1), receive))
-    kept = asyncio.ensure_future(submit_until_disconnect(batcher, Item(1, 2), never))
+    dropped = asyncio.ensure_future(batcher.submit(Item(1, 1), receive=receive))
+    kept = asyncio.ensure_future(batcher.submit(Item(1, 2), receive=never))
     await asyncio.sleep(0.01)  # both queued, the batch still waiting for more
     disconnect.set()
     assert await kept == 0

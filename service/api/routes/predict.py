@@ -10,7 +10,6 @@ from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from ...batching import submit_until_disconnect
 from ..body import json_response, read_model, request_body
 from ..deps import InferenceCaller, State
 from ..parsing import build_item
@@ -36,8 +35,8 @@ async def predict(request: Request, state: State, caller: InferenceCaller) -> Re
     body = await read_model(request, PredictRequest)
     item = await build_item(body.inputs, body.focus, body.top_k, caller, state.settings)
     assert runtime.batcher is not None
-    predictions = await submit_until_disconnect(
-        runtime.batcher, item, request.receive, caller.tier.rank, caller.tier.name
+    predictions = await runtime.batcher.submit(
+        item, caller.tier.rank, caller.tier.name, request.receive
     )
     return json_response(
         {"model": state.name, "tier": item.tier, "task": runtime.task, "predictions": predictions}

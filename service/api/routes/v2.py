@@ -15,7 +15,6 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ... import __version__
-from ...batching import submit_until_disconnect
 from ...errors import InvalidInput, ServiceError
 from ..body import json_response, request_body
 from ..deps import Caller, InferenceCaller, State
@@ -161,9 +160,7 @@ async def _infer(
     except InvalidInput as exc:
         raise _oip_field(exc) from None
     assert state.batcher is not None
-    preds = await submit_until_disconnect(
-        state.batcher, item, request.receive, caller.tier.rank, caller.tier.name
-    )
+    preds = await state.batcher.submit(item, caller.tier.rank, caller.tier.name, request.receive)
     shape = list(model.adapter.input_spec.shape)
     chosen = select_outputs(_outputs(model.task, preds, shape), body)
     header: dict[str, Any] = {"model_name": state.name, "model_version": VERSION}
