@@ -188,12 +188,8 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def fmt(x: float | None) -> str:
-    return f"{x:.2f}" if x is not None else "n/a"
-
-
-def fmt3(x: float | None) -> str:
-    return f"{x:.3f}" if x is not None else "n/a"
+def fmt(x: float | None, digits: int = 2) -> str:
+    return f"{x:.{digits}f}" if x is not None else "n/a"
 
 
 def summary_table(results: dict[str, dict[str, Any]]) -> None:
@@ -212,7 +208,7 @@ def summary_table(results: dict[str, dict[str, Any]]) -> None:
             f"{name:<10} {r['rps']:>9.1f} {r['ok_rps']:>9.1f} {lat['p50']:>8.2f} "
             f"{lat['p90']:>8.2f} {lat['p99']:>8.2f} {r['non_2xx']:>8} "
             f"{sum(r['socket_errors'].values()):>8} {r['rss_mib_after']:>8.1f} "
-            f"{r['processes']:>5} {fmt(r['cpu_cores']):>5} {fmt3(r['cpu_ms_per_request']):>10}"
+            f"{r['processes']:>5} {fmt(r['cpu_cores']):>5} {fmt(r['cpu_ms_per_request'], 3):>10}"
         )
     print()
 

@@ -197,15 +197,20 @@ def group_pids(pgid: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # Fields after the command name (which may hold spaces) start after the last ')'.
-        rest = stat[stat.rfind(")") + 2 :].split()
-        if len(rest) > 2 and rest[0] != "Z" and int(rest[2]) == pgid:
+        rest = _stat_fields(int(entry))
+        if rest is not None and len(rest) > 2 and rest[0] != "Z" and int(rest[2]) == pgid:
             pids.append(int(entry))
     return pids
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: the fields start after the last ')'.
+    return stat[stat.rfind(")") + 2 :].split()
 
 
 def rss_mib(pgid: int) -> float:
@@ -227,12 +232,9 @@ def cpu_seconds(pgid: int) -> float:
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
     for pid in group_pids(pgid):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        rest = stat[stat.rfind(")") + 2 :].split()
-        total += int(rest[11]) + int(rest[12])  # utime, stime (fields 14 and 15)
+        rest = _stat_fields(pid)
+        if rest is not None:
+            total += int(rest[11]) + int(rest[12])  # utime, stime (fields 14 and 15)
     return total / ticks
 
 
