@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .device import resolve_device
+from .graphs import traced
 from .images import decode_image, image_side_limit
 from .spec import InputSpec, Task
 from .vision_inputs import checked_item
@@ -32,7 +33,10 @@ class VisionModel:
     ``module`` maps a float32 batch N×C×H×W on ``device`` to logits; ``fixed_batch`` is set for
     modules compiled for one batch size (a static torch.export graph): ``forward`` then runs the
     batch in chunks of that size. ``source`` (a file) is hashed by ``fingerprint`` when the
-    module has no state dict.
+    module has no state dict. ``graphs`` runs the module's ``forward`` and
+    ``forward_with_embedding`` as traced graphs (``graphs.py``), made at their first call on
+    each device; only for networks whose control flow depends on shapes alone (the shipped
+    ones), and the weights must not change after that first call.
     """
 
     def __init__(
@@ -46,6 +50,7 @@ class VisionModel:
         device: str | torch.device = "cpu",
         fixed_batch: int | None = None,
         source: str | None = None,
+        graphs: bool = False,
     ) -> None:
         if task not in VISION_TASKS:
             raise ValueError(f"task: {task!r} is not one of {', '.join(VISION_TASKS)}")
@@ -58,6 +63,8 @@ class VisionModel:
         self.input_spec = input_spec
         self.fixed_batch = fixed_batch
         self.source = source
+        self.graphs = graphs
+        self._graphs: dict[str, Callable[[torch.Tensor], Any] | None] = {}
         self.device = torch.device("cpu")
         self._fingerprint: str | None = None
         self.to(device)
@@ -136,7 +143,7 @@ class VisionModel:
             return self.forward(batch), None
         with torch.inference_mode():
             x = batch.to(self.device, torch.float32)
-            out, embedding = embed(x)
+            out, embedding = self._graph("forward_with_embedding", embed)(x)
             out = self._checked_output(out, x.shape[0])
             return out, embedding.reshape(x.shape[0], -1).to(out.device, torch.float32)
 
@@ -147,8 +154,17 @@ class VisionModel:
             chunk = torch.cat([chunk, chunk[:1].expand(missing, *chunk.shape[1:])])
         return self._call(chunk)[: size - missing]
 
+    def _graph(self, method: str, eager: Callable[[torch.Tensor], Any]) -> Callable[..., Any]:
+        """The traced graph of ``module.<method>`` when ``graphs`` is on and it traced right,
+        else ``eager``."""
+        if not self.graphs:
+            return eager
+        if method not in self._graphs:
+            self._graphs[method] = traced(self.module, method, self.input_spec.shape, self.device)
+        return self._graphs[method] or eager
+
     def _call(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.module(x)
+        out = self._graph("forward", self.module)(x)
         # Common wrappers: torchvision segmenters return {"out": ...}, some models a tuple.
         if isinstance(out, Mapping):
             out = out.get("out", out.get("logits", next(iter(out.values()), None)))
@@ -177,6 +193,7 @@ class VisionModel:
         moved = self.module.to(target) if hasattr(self.module, "to") else self.module
         self.module = moved if moved is not None else self.module
         self.device = target
+        self._graphs.clear()  # traced for the old device; made again at the next call
         return self
 
     def warmup(self, batch_sizes: Sequence[int] = (1, 8)) -> None:
