@@ -1,8 +1,9 @@
 """The modulation core: pure torch, no web imports.
 
 Utility noise (``utility``), focus (``focus``), fresh and keyed noise sources (``noise``), the
-per-tier replay memory (``memory``), one
-call for a mixed batch (``pipeline``) and calibration of σ against agreement (``calibration``).
+per-tier replay memory (``memory``) and its rings shared by the worker processes of one host
+(``shared_rings``), one call for a mixed batch (``pipeline``) and calibration of σ against
+agreement (``calibration``).
 """
 
 from .calibration import (
@@ -22,6 +23,7 @@ from .focus import FocusEntry, apply_focus, focus_field
 from .memory import ReplayMemory
 from .noise import FreshNoise, KeyedNoise, NoiseSource
 from .pipeline import BatchModulation, modulate
+from .shared_rings import SharedRings
 from .utility import add_utility_noise
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "ModulationArgumentError",
     "NoiseSource",
     "ReplayMemory",
+    "SharedRings",
     "add_utility_noise",
     "apply_focus",
     "decisions",

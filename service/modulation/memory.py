@@ -17,10 +17,12 @@ most of the clean model's accuracy. The memory closes that hole:
   are already near-exact copies of an entry (``dedupe``), which would add nothing.
 
 Limits (see docs/MODULATION.md): each (tier, bucket) keeps at most ``capacity`` entries and
-forgets the oldest first; entries older than ``window`` seconds no longer match; the memory lives
-in the process (a restart empties it, every replica has its own). Search is one matrix product
-per bucket present in the batch, and one for the batch's own rows (no Python loop over rows), on
-the embeddings' device.
+forgets the oldest first; entries older than ``window`` seconds no longer match. The rings live
+in the process, or, given a ``SharedRings`` file (``shared_rings``), in that file, which all the
+worker processes of one host map: they then serve from one memory. A restart empties it either
+way (the parent creates a fresh file), and replicas on other hosts each have their own. Search
+is one matrix product per bucket present in the batch, and one for the batch's own rows (no
+Python loop over rows), on the embeddings' device (on the CPU for a shared file).
 """
 
 from __future__ import annotations
@@ -29,16 +31,17 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
 from .errors import ModulationArgumentError
+from .shared_rings import META_FIELDS, SharedRings
 
 _MAX_DIM = 128  # embeddings above this are randomly projected (cosines near 1 survive it)
 
 
-@dataclass
 class _Ring:
     """One (tier, bucket): a ring buffer of unit embeddings, their cells and their times.
 
@@ -48,23 +51,28 @@ class _Ring:
     ``ordered`` and the live mask is then always applied.
     """
 
-    emb: torch.Tensor
-    cell: torch.Tensor
-    stamp: torch.Tensor
-    size: int = 0
-    head: int = 0
-    ordered: bool = True
-    marks: list[float] = field(init=False, repr=False)
-    emb_t: torch.Tensor = field(init=False, repr=False)
-    """A transposed view of ``emb``: what the search multiplies by, made once."""
-
-    def __post_init__(self) -> None:
-        self.marks = [-math.inf] * self.emb.shape[0]
-        self.emb_t = self.emb.t()
+    def __init__(self, emb: torch.Tensor, cell: torch.Tensor, stamp: torch.Tensor) -> None:
+        self.emb = emb
+        self.cell = cell
+        self.stamp = stamp
+        self.emb_t = emb.t()
+        """A transposed view of ``emb``: what the search multiplies by, made once."""
+        self.size = 0
+        self.head = 0
+        self.ordered = True
+        self.marks = [-math.inf] * emb.shape[0]
 
     @property
     def oldest(self) -> float:
         return self.marks[self.head if self.size == len(self.marks) else 0]
+
+    @property
+    def newest(self) -> float:
+        return self.marks[self.head - 1]
+
+    def _wrote(self, part: slice, run: int, now: float) -> None:
+        """Bookkeeping after entries ``part`` (``run`` of them) were written at ``now``."""
+        self.marks[part] = [now] * run
 
     def search(self, q: torch.Tensor, since: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's best cosine with an entry stamped at ``since`` or later (-2 if none), and
@@ -79,7 +87,7 @@ class _Ring:
         cap = self.emb.shape[0]
         if emb.shape[0] > cap:
             emb, cell = emb[-cap:], cell[-cap:]
-        if self.size and now < self.marks[self.head - 1]:
+        if self.size and now < self.newest:
             self.ordered = False
         # At most two contiguous runs: up to the end of the buffer, then from its start.
         count, done = emb.shape[0], 0
@@ -90,10 +98,69 @@ class _Ring:
             self.emb[part] = emb if whole else emb[done : done + run]
             self.cell[part] = cell if whole else cell[done : done + run]
             self.stamp[part] = now
-            self.marks[part] = [now] * run
+            self._wrote(part, run, now)
             self.head = (self.head + run) % cap
             done += run
         self.size = min(cap, self.size + count)
+
+
+class _SharedRing(_Ring):
+    """A slot of a ``SharedRings`` file as a ring, for embeddings of ``d`` ≤ the file's dim.
+
+    Its state lives in the file: size, head and the ordered flag in the slot's metadata, and in
+    place of ``marks`` the newest stamp there too, the oldest read from ``stamp`` (one ``.item()``
+    per search). ``emb`` is the slot's first ``d`` columns, so the search multiplies exactly
+    what an in-process ring would (padded columns would change the sums' rounding); the rest of
+    each row written is zeroed, so the file holds the zero-padded vector.
+    """
+
+    def __init__(self, store: SharedRings, slot: int, d: int) -> None:
+        full = store.emb[slot]
+        self.emb = full[:, :d]
+        self.cell = store.cell[slot]
+        self.stamp = store.stamp[slot]
+        self.emb_t = self.emb.t()
+        self._pad = full[:, d:] if d < full.shape[1] else None
+        self._ints = store.ints
+        self._floats = store.floats
+        self._at = slot * META_FIELDS
+
+    @property
+    def size(self) -> int:
+        return self._ints[self._at]
+
+    @size.setter
+    def size(self, value: int) -> None:
+        self._ints[self._at] = value
+
+    @property
+    def head(self) -> int:
+        return self._ints[self._at + 1]
+
+    @head.setter
+    def head(self, value: int) -> None:
+        self._ints[self._at + 1] = value
+
+    @property
+    def ordered(self) -> bool:
+        return not self._ints[self._at + 2]  # stored as "unordered": a fresh file reads 0
+
+    @ordered.setter
+    def ordered(self, value: bool) -> None:
+        self._ints[self._at + 2] = 0 if value else 1
+
+    @property
+    def oldest(self) -> float:
+        return float(self.stamp[self.head if self.size == self.emb.shape[0] else 0].item())
+
+    @property
+    def newest(self) -> float:
+        return self._floats[self._at + 3]
+
+    def _wrote(self, part: slice, run: int, now: float) -> None:
+        self._floats[self._at + 3] = now
+        if self._pad is not None:
+            self._pad[part] = 0.0
 
 
 @dataclass
@@ -107,7 +174,15 @@ class MemoryStats:
 
 
 class ReplayMemory:
-    """Nearest-neighbour memory of recent query embeddings, one per tier; see the module doc."""
+    """Nearest-neighbour memory of recent query embeddings, one per tier; see the module doc.
+
+    ``shared``: keep the rings in a ``SharedRings`` file (its buckets, capacity and dim have to
+    match, else ``ModulationArgumentError``) instead of this process, so that every process that
+    opened the file serves from one memory. Search and storing then run on the CPU, where the
+    file is mapped (cells are returned on the input's device), under the file's lock. Rows of a
+    tier the file has no rings for are served their own cell and not remembered (not even
+    within their batch), and are not counted in ``stats``.
+    """
 
     def __init__(
         self,
@@ -118,6 +193,7 @@ class ReplayMemory:
         dedupe: float = 0.9995,
         chain: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        shared: SharedRings | None = None,
     ) -> None:
         if not (math.isfinite(threshold) and 0.0 < threshold < 1.0):
             raise ModulationArgumentError("threshold", threshold, "has to be in (0, 1)")
@@ -127,6 +203,8 @@ class ReplayMemory:
             raise ModulationArgumentError("window", window, "has to be positive seconds")
         if buckets < 1:
             raise ModulationArgumentError("buckets", buckets, "has to be at least 1")
+        if shared is not None:
+            shared.check(buckets=buckets, capacity=capacity, dim=_MAX_DIM)
         self.threshold = float(threshold)
         self.capacity = int(capacity)
         self.window = float(window)
@@ -140,17 +218,24 @@ class ReplayMemory:
         self._uppers: dict[str, torch.Tensor] = {}
         self._aranges: dict[str, torch.Tensor] = {}
         self._lock = threading.Lock()
+        self.shared = shared
+        self._host: AbstractContextManager[None] = nullcontext() if shared is None else shared.lock
         self.centre: torch.Tensor | None = None
         """Subtracted from every embedding before normalising (e.g. the mean embedding of the
         model's calibration inputs): post-ReLU activations all point into one orthant, so their
         raw cosines are high even between different inputs; centred ones tell them apart."""
 
     def __len__(self) -> int:
+        if self.shared is not None:
+            return self.shared.entries()
         return sum(r.size for r in self._rings.values())
 
     def clear(self) -> None:
         with self._lock:
-            self._rings.clear()
+            if self.shared is not None:
+                self.shared.clear()  # for every process; the slot views stay valid
+            else:
+                self._rings.clear()
 
     def normalise(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Rows as float32 unit vectors of at most 128 dimensions (a fixed random projection
@@ -193,12 +278,42 @@ class ReplayMemory:
         own = cells.clone()
         if n == 0:
             return own
+        if self.shared is not None:
+            return self._assign_shared(self.shared, tiers, embeddings, buckets, own)
+        return self._assign(tiers, self.normalise(embeddings), buckets, own)
+
+    def _assign_shared(
+        self,
+        shared: SharedRings,
+        tiers: list[str],
+        embeddings: torch.Tensor,
+        buckets: torch.Tensor,
+        own: torch.Tensor,
+    ) -> torch.Tensor:
+        """``assign`` on the shared rings: the rows of tiers the file knows, on the CPU."""
         q = self.normalise(embeddings)
+        known = [i for i, tier in enumerate(tiers) if tier in shared.tiers]
+        if len(known) == len(tiers):
+            return self._assign(tiers, q.cpu(), buckets, own.cpu()).to(own.device)
+        if not known:
+            return own
+        idx = torch.tensor(known)  # a CPU index serves tensors on any device
+        served = self._assign([tiers[i] for i in known], q[idx].cpu(), buckets[idx], own[idx].cpu())
+        own[idx] = served.to(own.device)
+        return own
+
+    def _assign(
+        self, tiers: list[str], q: torch.Tensor, buckets: torch.Tensor, own: torch.Tensor
+    ) -> torch.Tensor:
+        """``assign`` of normalised rows ``q``, on their device."""
+        n = q.shape[0]
         groups: dict[tuple[str, int], list[int]] = {}
         for i, key in enumerate(zip(tiers, buckets.to(torch.int64).tolist(), strict=True)):
             groups.setdefault((key[0], key[1] % self.buckets), []).append(i)
-        now = self.clock()
-        with self._lock:
+        with self._lock, self._host:
+            # Read under the lock: stamps then grow in write order also when threads or
+            # processes race for it, so rings stay ``ordered`` (the clock is one for the host).
+            now = self.clock()
             recalled = self._recall(groups, q, own, now)
             earlier = self._earlier(groups, q)
             cell, best = self._resolve(groups, own, recalled, earlier)
@@ -226,7 +341,7 @@ class ReplayMemory:
         cell (its own if none); None when no row's ring holds anything."""
         found: list[tuple[list[int], _Ring]] = []
         for key, rows in groups.items():
-            ring = self._rings.get(key)
+            ring = self._rings.get(key) if self.shared is None else self._slot(key, q.shape[1])
             if ring is not None and ring.size:
                 found.append((rows, ring))
         if not found:
@@ -318,7 +433,7 @@ class ReplayMemory:
         sizes = [size for _, size in stored]
         runs = zip(qk.split(sizes), ck.split(sizes), strict=True) if len(stored) > 1 else [(qk, ck)]
         for (key, _), (emb, served) in zip(stored, runs, strict=True):
-            ring = self._rings.get(key)
+            ring = self._rings.get(key) if self.shared is None else self._slot(key, q.shape[1])
             if ring is None:
                 ring = self._rings[key] = _Ring(
                     torch.zeros(self.capacity, q.shape[1], device=q.device),
@@ -327,6 +442,16 @@ class ReplayMemory:
                 )
             ring.add(emb, served, now)
         self.stats.stored += len(flat)
+
+    def _slot(self, key: tuple[str, int], d: int) -> _Ring:
+        """The shared ring of (tier, bucket) for embeddings of ``d`` dimensions, made once."""
+        ring = self._rings.get(key)
+        if ring is None or ring.emb.shape[1] != d:
+            assert self.shared is not None
+            slot = self.shared.slot(*key)
+            assert slot is not None  # rows of unknown tiers never get here
+            ring = self._rings[key] = _SharedRing(self.shared, slot, d)
+        return ring
 
     def _upper(self, n: int, device: torch.device) -> torch.Tensor:
         """n×n mask of the diagonal and above: a slice of one mask per device, made once for
