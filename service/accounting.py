@@ -79,7 +79,10 @@ class Accounting:
             registry=registry,
         )
         self.unflushed = Gauge(
-            "aim_usage_unflushed_rows", "Usage rows waiting for the store", registry=registry
+            "aim_usage_unflushed_rows",
+            "Usage rows waiting for the store",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
 
     # Before serving ---------------------------------------------------------------------------

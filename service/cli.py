@@ -8,17 +8,22 @@ new subcommand is one more function and one line in `build_parser`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr, ValidationError
 
 from . import __version__, cli_accounts
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .config import ServiceConfig
+    from .keys import KeyStore
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -213,7 +218,6 @@ def _settings(args: argparse.Namespace) -> Settings | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .api.app import create_app
     from .config import ConfigError, ServiceConfig
     from .keys import KeyRecord, KeysFileError, KeyStore, generate_key, hash_key
     from .logs import configure_logging
@@ -260,25 +264,91 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return 2
     configure_logging(settings.log_level)
+    if settings.workers > 1:
+        return _serve_workers(args, settings, config, keys, secret, demo_keys)
+    from .api.app import create_app  # not in a --workers parent, which serves nothing itself
+    from .workers import WorkerContext
+
+    worker = WorkerContext.from_env()
     app = create_app(settings, config, keys, secret=secret)
     if demo_keys:
-        base = f"http://{settings.host}:{settings.port}"
-        lines = ["", "AIM serving demo keys (ephemeral, shown once, not stored):"]
-        lines += [f"  {tier:<10} {key}" for tier, key in demo_keys]
-        if config.model == "digits":
-            body = '{"inputs": [' + str(EXAMPLE_DIGIT).replace(" ", "") + "]}"
-            lines += [
-                "Try:",
-                f"  curl -s {base}/predict -H 'X-API-Key: {demo_keys[0][1]}' "
-                f"-H 'Content-Type: application/json' -d '{body}'",
-            ]
-        print("\n".join(lines) + "\n", flush=True)
+        _print_demo_keys(settings, config, demo_keys)
     from .overload import OverloadGuard
     from .server import limits_from, serve
 
     guard = OverloadGuard(app.state.aim)
-    serve(guard.gate(app), settings.host, settings.port, limits_from(settings), refuse=guard)
+    sock = worker.listening_socket() if worker is not None else None
+    serve(guard.gate(app), settings.host, settings.port, limits_from(settings), guard, sock=sock)
     return 0
+
+
+def _print_demo_keys(
+    settings: Settings, config: ServiceConfig, demo_keys: list[tuple[str, str]]
+) -> None:
+    base = f"http://{settings.host}:{settings.port}"
+    lines = ["", "AIM serving demo keys (ephemeral, shown once, not stored):"]
+    lines += [f"  {tier:<10} {key}" for tier, key in demo_keys]
+    if config.model == "digits":
+        body = '{"inputs": [' + str(EXAMPLE_DIGIT).replace(" ", "") + "]}"
+        lines += [
+            "Try:",
+            f"  curl -s {base}/predict -H 'X-API-Key: {demo_keys[0][1]}' "
+            f"-H 'Content-Type: application/json' -d '{body}'",
+        ]
+    print("\n".join(lines) + "\n", flush=True)
+
+
+def _serve_workers(
+    args: argparse.Namespace,
+    settings: Settings,
+    config: ServiceConfig,
+    keys: KeyStore,
+    secret: bytes | None,
+    demo_keys: list[tuple[str, str]],
+) -> int:
+    """`--workers N`: bind, make what the workers share, run N workers (service/workers.py)."""
+    import secrets as token
+
+    from .keys import write_keys_file
+    from .modulation import SharedRings
+    from .workers import MEMORY_ENV, METRICS_ENV, Supervisor, bind, private_dir, worker_command
+
+    if settings.redis_url is None:
+        print(
+            f"aim serve: --workers {settings.workers} needs AIM_REDIS_URL: rate limits, quotas "
+            "and usage have to be counted once for all workers, not by each on its own",
+            file=sys.stderr,
+        )
+        return 2
+    with private_dir("aim-workers-") as shared:
+        extra: list[str] = []
+        if settings.demo:  # the same ephemeral keys and secret in every worker
+            keys_file, secret_file = shared / "demo-keys.yaml", shared / "demo-secret"
+            write_keys_file(keys_file, keys.records())
+            fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secret or token.token_hex(32).encode())
+            extra += ["--keys-file", str(keys_file), "--secret-file", str(secret_file)]
+        if settings.torch_threads is None:  # half the cores, shared out over the workers
+            per_worker = max(1, (os.cpu_count() or 2) // 2 // settings.workers)
+            extra += ["--torch-threads", str(per_worker)]
+        metrics_dir = shared / "metrics"
+        metrics_dir.mkdir()
+        memory = shared / "replay-memory"
+        SharedRings.create(memory, [t.name for t in config.tiers])  # sparse: filled as used
+        try:
+            sock = bind(settings.host, settings.port)
+        except OSError as exc:
+            print(
+                f"aim serve: cannot listen on {settings.host}:{settings.port}: {exc}",
+                file=sys.stderr,
+            )
+            return 2
+        if demo_keys:
+            _print_demo_keys(settings, config, demo_keys)
+        env = {METRICS_ENV: str(metrics_dir), MEMORY_ENV: str(memory)}
+        command = worker_command(args.argv, extra)
+        return Supervisor(command, settings.workers, sock, env, metrics_dir).run()
 
 
 def _keys_create(args: argparse.Namespace) -> int:
@@ -309,7 +379,9 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `serve --workers N` starts each worker with the same flags
     handler: Handler = args.handler
     return handler(args)
 

@@ -83,7 +83,8 @@ class Engine:
         self.metrics = metrics
         self.labels: list[str] = list(model.labels)
         keyed = isinstance(source, KeyedNoise) and model.task == "classification"
-        self.memory = (memory or ReplayMemory()) if keyed else None
+        # Not `memory or ...`: an empty memory has len 0 and is falsy.
+        self.memory = (memory if memory is not None else ReplayMemory()) if keyed else None
         if self.memory is not None and self.memory.centre is None:
             self.memory.centre = self._embedding_centre()
 

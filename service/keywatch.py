@@ -60,7 +60,12 @@ class KeysWatcher:
             ["result"],
             registry=registry,
         )
-        self.loaded = Gauge("aim_keys_loaded", "Keys the server accepts now", registry=registry)
+        self.loaded = Gauge(
+            "aim_keys_loaded",
+            "Keys the server accepts now",
+            registry=registry,
+            multiprocess_mode="min",  # with --workers: the worker that has reloaded least
+        )
         self.loaded.set(len(store))
 
     def reload(self) -> bool:

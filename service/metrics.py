@@ -2,16 +2,22 @@
 
 Each app owns its registry, so several apps (tests) can live in one process. Recording goes
 through `Metrics` methods that swallow their own errors: a metrics bug never breaks a request.
+
+With `aim serve --workers N` (service/workers.py) every worker runs with
+`PROMETHEUS_MULTIPROC_DIR` set: prometheus_client then keeps each value in a file of that
+directory, and `/metrics` of whichever worker a scrape reaches merges every worker's files
+(`exposition`): counters and histograms are summed, gauges as their `multiprocess_mode` says.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, ParamSpec
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -30,6 +36,18 @@ def _safe(fn: Callable[P, None]) -> Callable[P, None]:
             log.exception("metrics hook failed")
 
     return wrapper
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text `/metrics` answers: this registry's samples, or (workers) every worker's."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return bytes(generate_latest(registry))
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged, path=directory)
+    return bytes(generate_latest(merged))
 
 
 class Metrics:
@@ -67,12 +85,16 @@ class Metrics:
             "aim_modulation_seconds", "Logit modulation time per batch", buckets=_FAST, registry=r
         )
         self.queue_depth = Gauge(
-            "aim_queue_depth", "Requests waiting for a forward pass", registry=r
+            "aim_queue_depth",
+            "Requests waiting for a forward pass",
+            registry=r,
+            multiprocess_mode="livesum",  # with --workers: the sum over the live workers
         )
         self.admission_waiting = Gauge(
             "aim_admission_waiting",
             "Inference requests waiting at the edge for a slot (AIM_MAX_IN_FLIGHT)",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.shed = Counter(
             "aim_shed",
@@ -80,7 +102,13 @@ class Metrics:
             ["tier"],
             registry=r,
         )
-        self.tier_sigma = Gauge("aim_tier_sigma", "σ each tier is served at", ["tier"], registry=r)
+        self.tier_sigma = Gauge(
+            "aim_tier_sigma",
+            "σ each tier is served at",
+            ["tier"],
+            registry=r,
+            multiprocess_mode="max",  # every worker calibrates the same σ
+        )
         self.tokens = Counter("aim_tokens_generated", "Tokens generated", ["tier"], registry=r)
         self.ttft = Histogram(
             "aim_time_to_first_token_seconds",

@@ -24,9 +24,10 @@ from .config import ServiceConfig
 from .engine import Engine
 from .generation import GenerationScheduler
 from .metrics import Metrics
-from .modulation import FreshNoise, KeyedNoise, NoiseSource
+from .modulation import FreshNoise, KeyedNoise, NoiseSource, ReplayMemory, SharedRings
 from .settings import Settings
 from .tiers import TierTable, build_tiers
+from .workers import WorkerContext
 
 
 def noise_sources(
@@ -49,6 +50,16 @@ def model_name(model: str | dict[str, Any]) -> str:
         return model.rsplit("/", 1)[-1].split(".")[0] if "/" in model else model
     name = model.get("name") or str(model.get("path", "model")).rsplit("/", 1)[-1].split(".")[0]
     return str(name)
+
+
+def worker_memory() -> ReplayMemory | None:
+    """A worker's replay memory on the file its parent made (`aim serve --workers N`), so all
+    workers remember queries as one; None outside workers (the engine keeps its own)."""
+    worker = WorkerContext.from_env()
+    if worker is None or worker.memory is None:
+        return None
+    # The file's tier list (the parent's config) maps tiers to slots alike in every worker.
+    return ReplayMemory(shared=SharedRings.open(worker.memory))
 
 
 @dataclass
@@ -83,7 +94,7 @@ class Runtime:
             self.generator = GenerationScheduler(self.adapter, self.source, metrics, **queue)
             self.generator.start()
         else:
-            self.engine = Engine(self.adapter, self.source, metrics)
+            self.engine = Engine(self.adapter, self.source, metrics, worker_memory())
             self.batcher = Batcher(self.engine.run, **queue)
             self.batcher.start()
 

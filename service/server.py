@@ -19,6 +19,7 @@ protocol, where they cost nothing on the normal path:
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -288,9 +289,15 @@ def limits_from(settings: Any) -> ServerLimits:
 
 
 def serve(
-    app: Any, host: str, port: int, limits: ServerLimits, refuse: Refuse | None = None
+    app: Any,
+    host: str,
+    port: int,
+    limits: ServerLimits,
+    refuse: Refuse | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
-    """Run `app` on uvicorn with the guarded protocol and, when given, the refusal hook."""
+    """Run `app` on uvicorn with the guarded protocol and, when given, the refusal hook; on
+    ``sock`` (a worker's inherited listening socket) instead of binding host:port."""
     # The forward thread releases the GIL in every torch op and must take it back from the
     # event loop each time; with the default 5 ms switch interval a busy loop (overload) makes
     # each of those dozens of ops per batch wait up to 5 ms, and goodput collapses.
@@ -309,4 +316,4 @@ def serve(
         timeout_keep_alive=max(1, round(limits.keep_alive_s)),
         timeout_graceful_shutdown=30,
     )
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     """Then the connection is closed (`connection: close` on the last answer)."""
     cache_dir: Path = Path.home() / ".cache" / "aim"
     """Where tier calibrations are cached (keyed by a hash of model and calibration inputs)."""
+    workers: int = Field(1, ge=1, le=64)
+    """Server processes on the port, each with its own model (service/workers.py); more than
+    one needs `redis_url`, so that limits, quotas and usage are counted once for all."""
     torch_threads: int | None = Field(None, ge=1, le=256)
     """Intra-op threads of the forward pass on CPU. Default: half the cores (at least 1), so
     the other half serves HTTP; small models batch better than they parallelise."""

@@ -70,7 +70,10 @@ class RedisState:
             registry=registry,
         )
         self.up = Gauge(
-            "aim_shared_state_up", "1 while the shared state (Redis) answers", registry=registry
+            "aim_shared_state_up",
+            "1 while the shared state (Redis) answers",
+            registry=registry,
+            multiprocess_mode="min",  # with --workers: 0 when any live worker cannot reach it
         )
         self.up.set(1)
 

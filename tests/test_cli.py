@@ -125,6 +125,16 @@ def test_serve_without_secret_says_how_to_give_one(
     assert "--secret-file" in err and "AIM_SECRET" in err
 
 
+def test_workers_without_redis_refuse_to_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("AIM_REDIS_URL", raising=False)
+    # Refused before anything is bound or started: each worker would count limits on its own.
+    assert main(["serve", "--demo", "--workers", "2", "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--workers 2" in err and "AIM_REDIS_URL" in err
+
+
 def test_help_runs_without_error() -> None:
     out = io.StringIO()
     build_parser().print_help(out)

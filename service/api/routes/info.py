@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
+from ...metrics import exposition
 from ..body import json_response
 from ..deps import CurrentCaller, State
 from ..schemas import ERROR_RESPONSES, ModelInfo
@@ -50,4 +51,4 @@ async def readyz(state: State) -> Response:
 @router.get("/metrics", tags=["health"], include_in_schema=True)
 async def metrics(state: State) -> Response:
     """Prometheus metrics."""
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
