@@ -28,12 +28,16 @@ group).
 
     python bench/compare_servers.py [--duration 20] [--warmup 5] [--connections 32]
                                     [--servers ours,litserve,fastapi,floor] [--torch-threads N]
-                                    [--out FILE]
+                                    [--workers N] [--out FILE]
+
+`--workers N` runs ours as `aim serve --workers N` (service/workers.py) with a private
+redis-server for the limits and usage the workers share.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -54,6 +58,7 @@ from peers.harness import (
     install_sigterm_handler,
     machine_info,
     prometheus_samples,
+    redis_server,
     rss_mib,
     run_wrk,
     running,
@@ -83,6 +88,7 @@ def build_server(
             "AIM_MAX_BATCH_SIZE": str(args.max_batch_size),
             "AIM_MAX_WAIT_MS": str(args.max_wait_ms),
             "AIM_QUEUE_SIZE": str(args.queue_size),
+            "AIM_WORKERS": str(args.workers),
             **threads,
         }
         return aim_server(workdir, port, env, keys_per_tier=args.keys_per_tier)
@@ -110,6 +116,23 @@ def bench_one(
     keys_file = write_lines(workdir / f"{name}-keys.txt", [k for _, k in keys]) if keys else None
     url = f"{server.base_url}/predict"
     print(f"[{name}] starting on {HOST}:{server.port} ...", flush=True)
+    with contextlib.ExitStack() as stack:
+        if name == "ours" and args.workers > 1:  # the workers count limits and usage in Redis
+            server.env["AIM_REDIS_URL"] = stack.enter_context(redis_server(workdir))
+        return measure(name, server, keys, keys_file, url, bodies_file, body, args, workdir)
+
+
+def measure(
+    name: str,
+    server: Server,
+    keys: list[tuple[str, str]],
+    keys_file: Path | None,
+    url: str,
+    bodies_file: Path,
+    body: bytes,
+    args: argparse.Namespace,
+    workdir: Path,
+) -> dict[str, Any]:
     with running(server, args.ready_timeout) as ready_s:
         print(f"[{name}] ready after {ready_s:.1f} s; smoke test, then warm-up", flush=True)
         smoke_test(server, body, keys)
@@ -227,6 +250,12 @@ def main() -> int:
     parser.add_argument("--max-batch-size", type=int, default=32, help="ours: AIM_MAX_BATCH_SIZE")
     parser.add_argument("--max-wait-ms", type=float, default=2.0, help="ours: AIM_MAX_WAIT_MS")
     parser.add_argument("--queue-size", type=int, default=256, help="ours: AIM_QUEUE_SIZE")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="ours: AIM_WORKERS (more than one also starts a private redis-server)",
+    )
     parser.add_argument(
         "--torch-threads",
         type=int,

@@ -191,6 +191,43 @@ def running(server: Server, ready_timeout: float) -> Iterator[float]:
         server.stop()
 
 
+@contextlib.contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    """A private `redis-server` (no persistence) on a free loopback port; yields its URL."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(binary).exists():
+        raise BenchError(
+            "redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)"
+        )
+    port = free_port()
+    server = Server(
+        name="redis",
+        command=[binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
+        port=port,
+        ready_path="",
+        log_path=workdir / "redis.log",
+    )
+    server.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not _answers_ping(port):
+            if time.monotonic() > deadline or not server.alive():
+                raise BenchError(f"redis-server did not answer; log:\n{server.log_tail()}")
+            time.sleep(0.1)
+        yield f"redis://{HOST}:{port}/0"
+    finally:
+        server.stop()
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=1.0) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 def group_pids(pgid: int) -> list[int]:
     """Pids of live (non-zombie) processes in process group `pgid` (Linux /proc)."""
     pids = []
