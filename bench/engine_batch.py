@@ -1,6 +1,7 @@
 """The forward thread's cost per batch: `Engine.run` on bronze `digits` rows, in process.
 
     python bench/engine_batch.py [--rows 32] [--runs 50] [--threads 1] [--contend] [--profile]
+                                 [--network]
 
 Builds the engine as `aim serve` does (shipped `digits`, keyed noise, the replay memory centred
 on the calibration split) and times `Engine.run` on batches of one-row bronze items, as the
@@ -15,6 +16,9 @@ cProfile of the first-seen batches (top functions by total time).
 event loop does under load), at the server's GIL switch interval of 0.5 ms: each torch call
 releases the GIL and must wait for it back, so the batch time there grows with the number of
 calls. It also prints how much of its solo speed the spinning thread kept.
+
+`--network` times the network's forward with its embedding alone, eager and as the traced graph
+the service runs (service/models/graphs.py), alone and beside the same spinning thread.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--contend", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--network", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -138,8 +143,37 @@ def main() -> None:
         ms: list[float] = []
         shared = spin_rate(lambda: ms.extend(timed(first)))
         print(line("contended", ms, new_calls) + f"  spinner kept {shared / solo:.2f} of its speed")
+    if args.network:
+        network_lines(model, x[: args.rows])
     if args.profile:
         pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+
+
+def network_lines(model: Any, x: torch.Tensor) -> None:
+    """The digits network's forward with its embedding alone: eager (the module's own method,
+    one GIL trip per layer and op) and as the traced graph the service runs
+    (service/models/graphs.py), each alone and beside a thread spinning in Python."""
+    sys.setswitchinterval(0.0005)  # service/server.py ServerLimits.switch_interval_s
+
+    def eager(batch: torch.Tensor) -> Any:
+        with torch.inference_mode():
+            return model.module.forward_with_embedding(batch)
+
+    def medians(fn: Any, runs: int = 200) -> float:
+        fn(x)
+        out = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn(x)
+            out.append((time.perf_counter() - t0) * 1000)
+        return statistics.median(out)
+
+    for name, fn in (("eager", eager), ("graph", model.forward_with_embedding)):
+        alone = medians(fn)
+        beside: list[float] = []
+        spin_rate(lambda fn=fn, out=beside: out.append(medians(fn, 100)))
+        print(f"network {name:<6} {x.shape[0]} rows: median {alone:.2f} ms alone, "
+              f"{beside[0]:.2f} ms beside a spinning thread")  # fmt: skip
 
 
 if __name__ == "__main__":

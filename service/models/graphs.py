@@ -2,10 +2,10 @@
 
 Under load the forward thread shares the GIL with the event loop. Every eager torch call (each
 layer, each op of the centring pass) releases the GIL and has to wait for it back, up to the
-switch interval while the loop is busy: the digits network's forward with its embedding took
-1.3 ms alone and 16.8 ms beside a thread spinning in Python. Traced and frozen, the whole pass is
-one call that runs without the GIL: 1.3 ms alone, 3.3 ms beside the same thread
-(docs/PERFORMANCE.md, "Traced forward").
+switch interval while the loop is busy: the digits network's forward with its embedding on 32
+rows took 1.6 ms alone and 15.5 ms beside a thread spinning in Python. Traced and frozen, the
+whole pass is one call that runs without the GIL: 1.7 ms alone, 3.5 ms beside the same thread
+(`python bench/engine_batch.py --network`; docs/PERFORMANCE.md, "Traced forward").
 
 A trace records the ops one example ran, so it is only used where it is known to be right:
 for the shipped networks (shape-only control flow, written here), and only after it gave
