@@ -95,7 +95,11 @@ class Runtime:
             self.generator.start()
         else:
             self.engine = Engine(self.adapter, self.source, metrics, worker_memory())
-            self.batcher = Batcher(self.engine.run, **queue)
+            on_cpu = getattr(self.adapter, "device", torch.device("cpu")).type == "cpu"
+            bound = settings.forward_on_loop_ms / 1000.0
+            self.batcher = Batcher(
+                self.engine.run, on_loop_below_s=bound if on_cpu and bound > 0 else None, **queue
+            )
             self.batcher.start()
 
     @property

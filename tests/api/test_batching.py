@@ -4,6 +4,7 @@ clients."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -249,3 +250,40 @@ async def test_requests_of_gone_clients_are_dropped_before_the_forward_pass() ->
         await dropped
     assert seen == [2]
     await batcher.stop()
+
+
+def _threads_of(delay: float, seen: list[int]) -> object:
+    def run(items: Sequence[Item]) -> list[object]:
+        seen.append(threading.get_ident())
+        time.sleep(delay)
+        return [it.value for it in items]
+
+    return run
+
+
+async def test_fast_batches_run_on_the_event_loop_slow_ones_on_the_forward_thread() -> None:
+    loop_thread = threading.get_ident()
+    fast: list[int] = []
+    batcher: Batcher[Item] = Batcher(
+        _threads_of(0.0, fast), on_loop_below_s=0.05, max_rows=1, max_wait=0.0
+    )
+    batcher.start()
+    assert await asyncio.gather(*(batcher.submit(Item(1, v)) for v in range(4))) == [0, 1, 2, 3]
+    await batcher.stop()
+    assert fast == [loop_thread] * 4
+
+    slow: list[int] = []
+    batcher = Batcher(_threads_of(0.1, slow), on_loop_below_s=0.05, max_rows=1, max_wait=0.0)
+    batcher.start()
+    await asyncio.gather(*(batcher.submit(Item(1, v)) for v in range(3)))
+    await batcher.stop()
+    # The first batch has no measured time yet; once one took over the bound, the thread.
+    assert slow[0] == loop_thread and loop_thread not in slow[1:]
+    assert batcher.batch_s > 0.05
+
+    never: list[int] = []
+    batcher = Batcher(_threads_of(0.0, never), max_rows=1, max_wait=0.0)  # the GPU setting
+    batcher.start()
+    await asyncio.gather(*(batcher.submit(Item(1, v)) for v in range(3)))
+    await batcher.stop()
+    assert loop_thread not in never
