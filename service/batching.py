@@ -263,13 +263,13 @@ class Batcher(Worker[T]):
     """Runs `run_batch(items) -> results` (one result or exception per item) on batched items.
 
     A batch runs on the forward thread, so the event loop keeps reading and answering while it
-    does; or, when ``on_loop_below_s`` is set and recent batches ran faster than that, on the
-    event loop itself. Why: on CPU every torch call of a batch gives up the GIL and has to wait
-    for it back while the loop is busy, and with every client waiting on the same batch the loop
-    has little to do meanwhile; for the shipped digits model (about 4 ms a batch) running on
-    the loop served 20–40 % more requests in alternating runs (docs/PERFORMANCE.md, "The
-    forward on the event loop"). A slow model (recent batches over the bound) or a GPU one
-    (None: the GPU computes while the loop reads) keeps the thread.
+    does; or, when ``on_loop_below_s`` is set, recent batches ran faster than that and no
+    other request waits, on the event loop itself. Why: on CPU every torch call of a batch gives
+    up the GIL and has to wait for it back while the loop is busy, and with every client waiting
+    on the same batch the loop has little to do meanwhile; for the shipped digits model (about
+    4 ms a batch) running on the loop served 20–40 % more requests in alternating runs
+    (docs/PERFORMANCE.md, "The forward on the event loop"). A slow model (recent batches over
+    the bound) or a GPU one (None: the GPU computes while the loop reads) keeps the thread.
     """
 
     thread_name = "aim-forward"
@@ -331,7 +331,14 @@ class Batcher(Worker[T]):
             for p in live:
                 p.item.queue_wait = now - p.enqueued  # type: ignore[attr-defined]
             items = [p.item for p in live]
-            on_loop = self.on_loop_below_s is not None and self.batch_s < self.on_loop_below_s
+            # Only when nothing else waits: then every client waits on this batch and the loop
+            # has nothing to do meanwhile. With a backlog (overload) the loop keeps reading,
+            # refusing and answering while the thread runs the batch.
+            on_loop = (
+                self.on_loop_below_s is not None
+                and self.batch_s < self.on_loop_below_s
+                and self._queue.qsize() == 0
+            )
             try:
                 if on_loop:
                     results = self._run_batch(items)

@@ -76,8 +76,8 @@ class Settings(BaseSettings):
     """Where tier calibrations are cached (keyed by a hash of model and calibration inputs)."""
     forward_on_loop_ms: float = Field(10.0, ge=0, le=1000)
     """On CPU, a batch runs on the event loop itself (not the forward thread) while recent
-    batches took under this many ms: small models then pay no GIL hand-offs. 0: always the
-    thread. GPU models always use the thread."""
+    batches took under this many ms and no other request waits: small models then pay no GIL
+    hand-offs. 0: always the thread. GPU models always use the thread."""
     workers: int = Field(1, ge=1, le=64)
     """Server processes on the port, each with its own model (service/workers.py); more than
     one needs `redis_url`, so that limits, quotas and usage are counted once for all."""
