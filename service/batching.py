@@ -262,14 +262,14 @@ class Worker(Generic[T]):
 class Batcher(Worker[T]):
     """Runs `run_batch(items) -> results` (one result or exception per item) on batched items.
 
-    A batch runs on the forward thread, so the event loop keeps reading and answering while it
-    does; or, when ``on_loop_below_s`` is set, recent batches ran faster than that and no
-    other request waits, on the event loop itself. Why: on CPU every torch call of a batch gives
-    up the GIL and has to wait for it back while the loop is busy, and with every client waiting
-    on the same batch the loop has little to do meanwhile; for the shipped digits model (about
-    4 ms a batch) running on the loop served 20–40 % more requests in alternating runs
-    (docs/PERFORMANCE.md, "The forward on the event loop"). A slow model (recent batches over
-    the bound) or a GPU one (None: the GPU computes while the loop reads) keeps the thread.
+    A batch runs on the forward thread, so the event loop keeps reading and answering while it does;
+    or, when ``on_loop_below_s`` is set, recent batches ran faster than that and fewer requests wait
+    than a batch holds, on the event loop itself. Why: on CPU every torch call of a batch gives up
+    the GIL and has to wait for it back while the loop is busy, and with every client waiting on the
+    same batch the loop has little to do meanwhile; for the shipped digits model (about 4 ms a
+    batch) running on the loop served 20–40 % more requests in alternating runs
+    (docs/PERFORMANCE.md, "The forward on the event loop"). A slow model (recent batches over the
+    bound) or a GPU one (None: the GPU computes while the loop reads) keeps the thread.
     """
 
     thread_name = "aim-forward"
@@ -331,13 +331,15 @@ class Batcher(Worker[T]):
             for p in live:
                 p.item.queue_wait = now - p.enqueued  # type: ignore[attr-defined]
             items = [p.item for p in live]
-            # Only when nothing else waits: then every client waits on this batch and the loop
-            # has nothing to do meanwhile. With a backlog (overload) the loop keeps reading,
-            # refusing and answering while the thread runs the batch.
+            # Only without a backlog of a batch or more: then the clients wait on this batch
+            # (and a few stragglers on the next) and the loop has little to do meanwhile. With
+            # a backlog (overload) the loop keeps reading, refusing and answering while the
+            # thread runs the batch. Not "nothing waits": a straggler or two behind almost
+            # every batch then kept the thread for good, at the thread's lower throughput.
             on_loop = (
                 self.on_loop_below_s is not None
                 and self.batch_s < self.on_loop_below_s
-                and self._queue.qsize() == 0
+                and self._queue.qsize() < self.max_rows
             )
             try:
                 if on_loop:

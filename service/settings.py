@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     """Where tier calibrations are cached (keyed by a hash of model and calibration inputs)."""
     forward_on_loop_ms: float = Field(10.0, ge=0, le=1000)
     """On CPU, a batch runs on the event loop itself (not the forward thread) while recent
-    batches took under this many ms and no other request waits: small models then pay no GIL
+    batches took under this many ms and less than a batch waits: small models then pay no GIL
     hand-offs. 0: always the thread. GPU models always use the thread."""
     workers: int = Field(1, ge=1, le=64)
     """Server processes on the port, each with its own model (service/workers.py); more than

@@ -270,8 +270,8 @@ async def test_fast_batches_run_on_the_event_loop_slow_ones_on_the_forward_threa
     batcher.start()
     assert [await batcher.submit(Item(1, v)) for v in range(3)] == [0, 1, 2]
     assert fast == [loop_thread] * 3
-    # With others waiting (a backlog), the loop keeps reading while the thread runs the batch;
-    # the last batch, with nobody behind it, runs on the loop again.
+    # With a batch or more waiting (a backlog), the loop keeps reading while the thread runs
+    # the batch; the last batch, with nobody behind it, runs on the loop again.
     fast.clear()
     assert await asyncio.gather(*(batcher.submit(Item(1, v)) for v in range(4))) == [0, 1, 2, 3]
     await batcher.stop()
