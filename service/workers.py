@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 FD_ENV = "AIM_WORKER_FD"
 MEMORY_ENV = "AIM_WORKER_MEMORY"
-INDEX_ENV = "AIM_WORKER_INDEX"
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 QUICK_DEATH_S = 30.0
 CRASH_LOOP = 3
@@ -62,7 +61,6 @@ STOP_TIMEOUT_S = 40.0
 class WorkerContext:
     """What a worker process was handed by its parent (None: not a worker)."""
 
-    index: int
     fd: int
     memory: Path | None
 
@@ -72,7 +70,7 @@ class WorkerContext:
         if not fd:
             return None
         memory = os.environ.get(MEMORY_ENV)
-        return cls(int(os.environ.get(INDEX_ENV, "0")), int(fd), Path(memory) if memory else None)
+        return cls(int(fd), Path(memory) if memory else None)
 
     def listening_socket(self) -> socket.socket:
         return socket.socket(fileno=self.fd)  # family and type are read from the descriptor
@@ -116,7 +114,6 @@ class Supervisor:
             **os.environ,
             **self.env,
             FD_ENV: str(self.sock.fileno()),
-            INDEX_ENV: str(index),
         }
         self.procs[index] = subprocess.Popen(self.command, env=env, pass_fds=(self.sock.fileno(),))
         self.started[index] = time.monotonic()
