@@ -75,12 +75,18 @@ def wait_all_ready(server: LiveServer, key: str) -> None:
     assert streak >= 12, server.log()
 
 
+@pytest.fixture
+def ready(workers: tuple[LiveServer, dict[str, str]]) -> tuple[LiveServer, dict[str, str]]:
+    """The workers, once every one of them answers."""
+    wait_all_ready(workers[0], workers[1]["silver"])
+    return workers
+
+
 def test_workers_accept_on_one_port_and_give_one_answer(
-    workers: tuple[LiveServer, dict[str, str]],
+    ready: tuple[LiveServer, dict[str, str]],
 ) -> None:
-    server, keys = workers
+    server, keys = ready
     assert len(children(server.process.pid)) == WORKERS
-    wait_all_ready(server, keys["silver"])
     answers = [fresh(server, keys["silver"], {"inputs": [ZERO]}) for _ in range(24)]
     assert {r.status_code for r in answers} == {200}
     # Keyed noise is a function of secret, tier and input: every worker gives the same answer.
@@ -88,10 +94,9 @@ def test_workers_accept_on_one_port_and_give_one_answer(
 
 
 def test_workers_remember_queries_in_one_shared_memory(
-    workers: tuple[LiveServer, dict[str, str]],
+    ready: tuple[LiveServer, dict[str, str]],
 ) -> None:
-    server, keys = workers
-    wait_all_ready(server, keys["silver"])
+    server, keys = ready
     pids = children(server.process.pid)
     files = set()
     for pid in pids:
@@ -110,10 +115,9 @@ def test_workers_remember_queries_in_one_shared_memory(
 
 
 def test_rate_limit_is_counted_once_for_all_workers(
-    workers: tuple[LiveServer, dict[str, str]],
+    ready: tuple[LiveServer, dict[str, str]],
 ) -> None:
-    server, keys = workers
-    wait_all_ready(server, keys["silver"])
+    server, keys = ready
     statuses: list[int] = []
     lock = threading.Lock()
 
@@ -153,9 +157,8 @@ def scrape(server: LiveServer) -> dict[str, float]:
     return values
 
 
-def test_metrics_are_merged_over_the_workers(workers: tuple[LiveServer, dict[str, str]]) -> None:
-    server, keys = workers
-    wait_all_ready(server, keys["silver"])
+def test_metrics_are_merged_over_the_workers(ready: tuple[LiveServer, dict[str, str]]) -> None:
+    server, keys = ready
     before = scrape(server).get("gold/200", 0.0)
     sent = 20
     for _ in range(sent):
@@ -168,10 +171,9 @@ def test_metrics_are_merged_over_the_workers(workers: tuple[LiveServer, dict[str
 
 
 def test_a_dead_worker_is_started_again_and_a_stop_stops_all(
-    workers: tuple[LiveServer, dict[str, str]],
+    ready: tuple[LiveServer, dict[str, str]],
 ) -> None:
-    server, keys = workers
-    wait_all_ready(server, keys["silver"])
+    server, keys = ready
     first = children(server.process.pid)
     os.kill(first[0], signal.SIGKILL)
     # The other worker keeps answering while the parent starts a new one.
