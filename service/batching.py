@@ -285,9 +285,8 @@ class Batcher(Worker[T]):
         super().__init__(**options)
         self._run_batch = run_batch
         self.on_loop_below_s = on_loop_below_s
-        self.batch_s = 0.0
-        """Running mean of recent batches' run time (the first batch sets it)."""
-        self._timed = 0
+        self.batch_s: float | None = None
+        """Running mean of recent batches' run time (the first batch sets it; None before)."""
 
     async def submit(
         self,
@@ -338,7 +337,7 @@ class Batcher(Worker[T]):
             # every batch then kept the thread for good, at the thread's lower throughput.
             on_loop = (
                 self.on_loop_below_s is not None
-                and self.batch_s < self.on_loop_below_s
+                and (self.batch_s is None or self.batch_s < self.on_loop_below_s)
                 and self._queue.qsize() < self.max_rows
             )
             try:
@@ -350,10 +349,8 @@ class Batcher(Worker[T]):
                 log.exception("batch failed")
                 results = [exc] * len(live)
             took = time.perf_counter() - now
-            self.batch_s = (
-                took if not self._timed else self.batch_s + self.RECENT * (took - self.batch_s)
-            )
-            self._timed += 1
+            last = self.batch_s
+            self.batch_s = took if last is None else last + self.RECENT * (took - last)
             for p, result in zip(live, results, strict=True):
                 if p.future.done():
                     continue
