@@ -79,7 +79,8 @@ class Caller:
         return replace(self, tier=served)
 
 
-_CALLER_HEADERS = (b"x-api-key", b"authorization", TIER_HEADER.encode())
+_TIER = TIER_HEADER.encode()
+_CALLER_HEADERS = (b"x-api-key", b"authorization", _TIER)
 
 
 def caller_headers(request: Request) -> dict[bytes, str]:
@@ -94,8 +95,8 @@ def caller_headers(request: Request) -> dict[bytes, str]:
     return found
 
 
-def presented_key(request: Request, headers: dict[bytes, str] | None = None) -> str | None:
-    headers = caller_headers(request) if headers is None else headers
+def presented_key(headers: dict[bytes, str]) -> str | None:
+    """The API key from the request's `caller_headers`: X-API-Key, else a bearer token."""
     key = headers.get(b"x-api-key")
     if key:
         return key.strip()
@@ -106,10 +107,8 @@ def presented_key(request: Request, headers: dict[bytes, str] | None = None) -> 
     return None
 
 
-def authenticate(
-    request: Request, state: AppState, headers: dict[bytes, str] | None = None
-) -> KeyRecord:
-    key = presented_key(request, headers)
+def authenticate(headers: dict[bytes, str], state: AppState) -> KeyRecord:
+    key = presented_key(headers)
     if key is None:
         raise Unauthorized(
             "missing API key: send X-API-Key or Authorization: Bearer", field="X-API-Key"
@@ -129,9 +128,9 @@ class CallerDependency:
 
     async def __call__(self, request: Request, state: State) -> Caller:
         headers = caller_headers(request)
-        record = authenticate(request, state, headers)
+        record = authenticate(headers, state)
         runtime, tiers = state.require_ready()
-        requested = headers.get(_CALLER_HEADERS[2])
+        requested = headers.get(_TIER)
         tier = tiers.resolve(record.tier, requested.strip() if requested else None)
         request.scope["aim.tier"] = tier.name
         note_caller(request.scope, record.account, tier.name)  # its errors are billed from here
