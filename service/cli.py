@@ -348,7 +348,7 @@ def _serve_workers(
             _print_demo_keys(settings, config, demo_keys)
         env = {METRICS_ENV: str(metrics_dir), MEMORY_ENV: str(memory)}
         command = worker_command(args.argv, extra)
-        return Supervisor(command, settings.workers, sock, env, metrics_dir).run()
+        return Supervisor(command, settings.workers, sock, env).run()
 
 
 def _keys_create(args: argparse.Namespace) -> int:

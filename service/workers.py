@@ -97,13 +97,11 @@ class Supervisor:
         count: int,
         sock: socket.socket,
         env: dict[str, str],
-        metrics_dir: Path | None = None,
     ) -> None:
         self.command = list(command)
         self.count = count
         self.sock = sock
         self.env = env
-        self.metrics_dir = metrics_dir
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.started: dict[int, float] = {}
         self.quick_deaths: dict[int, int] = {}
@@ -168,10 +166,11 @@ class Supervisor:
 
     def _forget(self, pid: int) -> None:
         """Drop a dead worker's live gauges from the merged metrics (its counters stay)."""
-        if self.metrics_dir is not None:
+        metrics_dir = self.env.get(METRICS_ENV)
+        if metrics_dir:
             from prometheus_client import multiprocess
 
-            multiprocess.mark_process_dead(pid, str(self.metrics_dir))
+            multiprocess.mark_process_dead(pid, metrics_dir)
 
 
 @contextlib.contextmanager
