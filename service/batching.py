@@ -288,6 +288,13 @@ class Batcher(Worker[T]):
         self.batch_s: float | None = None
         """Running mean of recent batches' run time (the first batch sets it; None before)."""
 
+    @property
+    def runs_on_loop(self) -> bool:
+        """Batches run on the event loop (without a backlog of a batch): on_loop_below_s is set
+        and recent batches ran faster than it."""
+        bound = self.on_loop_below_s
+        return bound is not None and (self.batch_s is None or self.batch_s < bound)
+
     async def submit(
         self,
         item: T,
@@ -335,11 +342,7 @@ class Batcher(Worker[T]):
             # a backlog (overload) the loop keeps reading, refusing and answering while the
             # thread runs the batch. Not "nothing waits": a straggler or two behind almost
             # every batch then kept the thread for good, at the thread's lower throughput.
-            on_loop = (
-                self.on_loop_below_s is not None
-                and (self.batch_s is None or self.batch_s < self.on_loop_below_s)
-                and self._queue.qsize() < self.max_rows
-            )
+            on_loop = self.runs_on_loop and self._queue.qsize() < self.max_rows
             try:
                 if on_loop:
                     results = self._run_batch(items)

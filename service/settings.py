@@ -49,7 +49,9 @@ class Settings(BaseSettings):
     full queue answers 503 at once."""
     max_in_flight: int | None = Field(None, ge=1)
     """Most inference requests running at once; more wait at the edge, highest tier first.
-    Default: twice `max_batch_size` (one batch running, the next one filling)."""
+    Default: `max_batch_size` while batches run on the event loop (CPU, see
+    `forward_on_loop_ms`: nothing overlaps a batch there), else twice it (one batch running
+    on the forward thread, the next one filling)."""
     admission_wait_s: float = Field(1.0, gt=0, le=60)
     """How long a request may wait at the edge for a slot before it gets 503."""
     lower_tier_in_flight: int | None = Field(None, ge=1)

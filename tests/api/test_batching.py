@@ -269,7 +269,7 @@ async def test_fast_batches_run_on_the_event_loop_slow_ones_on_the_forward_threa
     )
     batcher.start()
     assert [await batcher.submit(Item(1, v)) for v in range(3)] == [0, 1, 2]
-    assert fast == [loop_thread] * 3
+    assert fast == [loop_thread] * 3 and batcher.runs_on_loop
     # With a batch or more waiting (a backlog), the loop keeps reading while the thread runs
     # the batch; the last batch, with nobody behind it, runs on the loop again.
     fast.clear()
@@ -285,11 +285,11 @@ async def test_fast_batches_run_on_the_event_loop_slow_ones_on_the_forward_threa
     await batcher.stop()
     # The first batch has no measured time yet; once one took over the bound, the thread.
     assert slow[0] == loop_thread and loop_thread not in slow[1:]
-    assert batcher.batch_s > 0.05
+    assert batcher.batch_s > 0.05 and not batcher.runs_on_loop
 
     never: list[int] = []
     batcher = Batcher(_threads_of(0.0, never), max_rows=1, max_wait=0.0)  # the GPU setting
     batcher.start()
     await asyncio.gather(*(batcher.submit(Item(1, v)) for v in range(3)))
     await batcher.stop()
-    assert loop_thread not in never
+    assert loop_thread not in never and not batcher.runs_on_loop

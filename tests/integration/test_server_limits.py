@@ -357,6 +357,16 @@ def test_the_overload_guard_refuses_only_inference_posts_while_the_queue_is_full
     assert counted == 1  # the bronze refusal on /predict
 
 
+def test_by_default_one_batch_runs_while_batches_run_on_the_loop_else_two() -> None:
+    state = fake_state(max_batch_size=8)
+    guard = OverloadGuard(state)
+    assert guard.max_in_flight == 16  # the forward thread: the next batch fills meanwhile
+    state.batcher.runs_on_loop = True
+    assert guard.max_in_flight == 8  # nothing overlaps a batch on the loop
+    state.settings.max_in_flight = 3  # AIM_MAX_IN_FLIGHT wins either way
+    assert OverloadGuard(state).max_in_flight == 3
+
+
 async def test_past_max_in_flight_requests_wait_highest_tier_first() -> None:
     """Running requests are capped (twice the batch: 4); more park, gold ahead of bronze. While
     some wait and gold is present, bronze runs at most an eighth of a batch (at least 1)."""
