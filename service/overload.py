@@ -42,6 +42,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .api.deps import caller_headers, presented_key
 from .api.errors import error_body
 from .server import Headers, Refusal
 
@@ -283,18 +284,10 @@ class OverloadGuard:
     def _tier_of(self, headers: Headers) -> tuple[int, str]:
         """The rank and name of the key's own tier (X-AIM-Tier can only lower it, so this is
         the most the request can claim); a missing or unknown key ranks below every tier."""
-        key = b""
-        for name, value in headers:
-            if name == b"x-api-key":
-                key = value.strip()
-                break
-            if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    key = token.strip()
+        key = presented_key(caller_headers(headers))  # the key authentication will take
         tiers = getattr(self.state, "tiers", None)
         if key and tiers is not None:
-            record = self.state.keys.lookup(key.decode("latin-1"))
+            record = self.state.keys.lookup(key)
             if record is not None:
                 tier = tiers.resolve(record.tier, None)
                 return tier.rank, tier.name

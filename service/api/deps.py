@@ -9,7 +9,7 @@ rate limit, shared by every replica when Redis holds them).
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
@@ -83,13 +83,14 @@ _TIER = TIER_HEADER.encode()
 _CALLER_HEADERS = (b"x-api-key", b"authorization", _TIER)
 
 
-def caller_headers(request: Request) -> dict[bytes, str]:
-    """The key and tier headers in one pass over the raw headers (first of each wins, as with
-    `request.headers.get`): per request this replaces three lookups that each decoded every
-    header, and a missing one raised and caught KeyError inside Mapping.get (3 % of the event
-    loop's time under load, bench/profile_server.py --gil)."""
+def caller_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, str]:
+    """The key and tier headers in one pass over the raw (lower-cased) headers of a request's
+    scope, or of the protocol before any ASGI work (`overload.OverloadGuard`); the first of
+    each wins, as with `request.headers.get`. Per request this replaces three lookups that each
+    decoded every header, and a missing one raised and caught KeyError inside Mapping.get (3 %
+    of the event loop's time under load, bench/profile_server.py --gil)."""
     found: dict[bytes, str] = {}
-    for name, value in request.scope["headers"]:
+    for name, value in raw:
         if name in _CALLER_HEADERS and name not in found:
             found[name] = value.decode("latin-1")
     return found
@@ -97,9 +98,9 @@ def caller_headers(request: Request) -> dict[bytes, str]:
 
 def presented_key(headers: dict[bytes, str]) -> str | None:
     """The API key from the request's `caller_headers`: X-API-Key, else a bearer token."""
-    key = headers.get(b"x-api-key")
-    if key:
-        return key.strip()
+    key = headers.get(b"x-api-key", "").strip()
+    if key:  # a blank one counts as absent, as an empty one does
+        return key
     auth = headers.get(b"authorization", "")
     scheme, _, token = auth.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
@@ -127,7 +128,7 @@ class CallerDependency:
         self.inference = inference
 
     async def __call__(self, request: Request, state: State) -> Caller:
-        headers = caller_headers(request)
+        headers = caller_headers(request.scope["headers"])
         record = authenticate(headers, state)
         runtime, tiers = state.require_ready()
         requested = headers.get(_TIER)

@@ -357,6 +357,15 @@ def test_the_overload_guard_refuses_only_inference_posts_while_the_queue_is_full
     assert counted == 1  # the bronze refusal on /predict
 
 
+def test_the_guard_ranks_a_request_by_the_key_authentication_takes() -> None:
+    state = fake_state()
+    guard = OverloadGuard(state)
+    empty_then_bearer = [(b"x-api-key", b" "), (b"authorization", b"Bearer aim_bronze")]
+    for headers in (empty_then_bearer, [(b"x-api-key", b"aim_gold"), *BRONZE], []):
+        guard(b"POST", b"/predict", headers, {})
+    assert state.batcher.asked == [(1, "bronze"), (0, "gold"), (1 << 30, "none")]
+
+
 def test_by_default_one_batch_runs_while_batches_run_on_the_loop_else_two() -> None:
     state = fake_state(max_batch_size=8)
     guard = OverloadGuard(state)
