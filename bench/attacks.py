@@ -37,9 +37,9 @@ from augment import FAMILIES, augment, worst_class
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from service.access.keys import KeyRecord, KeyStore, generate_key, hash_key
 from service.api.app import create_app
 from service.config import ServiceConfig
-from service.keys import KeyRecord, KeyStore, generate_key, hash_key
 from service.models import heldout, load_model
 from service.models.data import digits_splits
 from service.settings import Settings

@@ -36,11 +36,11 @@ import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
-from service.engine import Engine, PredictItem
-from service.metrics import Metrics
 from service.models import load_model
 from service.models.data import digits_splits
 from service.modulation import KeyedNoise
+from service.observability.metrics import Metrics
+from service.serving.engine import Engine, PredictItem
 
 SIGMA = 6.359  # bronze at utility 0.65 (docs/MODULATION.md)
 

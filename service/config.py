@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from .quotas import Quota
+from .access.quotas import Quota
 from .validation import FieldError, config_error
 
 DEFAULT_TIERS: dict[str, dict[str, Any]] = {

@@ -16,18 +16,18 @@ from typing import Any
 
 import torch
 
-from .batching import Batcher
-from .calibration import tier_sigmas
-from .calibration_cache import CalibrationCache
-from .calibration_data import calibration_set
+from .access.tiers import TierTable, build_tiers
+from .calibration.cache import CalibrationCache
+from .calibration.data import calibration_set
+from .calibration.sigmas import tier_sigmas
 from .config import ServiceConfig
-from .engine import Engine
 from .generation import GenerationScheduler
-from .metrics import Metrics
 from .modulation import FreshNoise, KeyedNoise, NoiseSource, ReplayMemory, SharedRings
+from .observability.metrics import Metrics
+from .serving.batching import Batcher
+from .serving.engine import Engine
+from .serving.workers import WorkerContext
 from .settings import Settings
-from .tiers import TierTable, build_tiers
-from .workers import WorkerContext
 
 
 def noise_sources(

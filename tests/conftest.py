@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from service.access.keys import KeyRecord, KeyStore, generate_key, hash_key
 from service.api.app import create_app
 from service.config import ServiceConfig
-from service.keys import KeyRecord, KeyStore, generate_key, hash_key
 from service.settings import Settings
 
 TEST_SECRET = b"test-secret-do-not-use"

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from service.config import ServiceConfig
-from service.engine import PredictItem
 from service.models import resolve_device
 from service.runtime import load_runtime, model_name, noise_sources
+from service.serving.engine import PredictItem
 from service.settings import Settings
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
@@ -33,7 +33,7 @@ def test_the_runtime_imports_no_web_code() -> None:
 
 
 async def test_a_runtime_built_directly_serves_a_batch(cache_dir: Path) -> None:
-    from service.metrics import Metrics
+    from service.observability.metrics import Metrics
 
     settings = Settings(cache_dir=cache_dir, device="cpu", demo=True, max_wait_ms=0.0)
     keyed, source = noise_sources(settings)

@@ -325,7 +325,7 @@ def write_config(path: Path, tiers: dict[str, dict[str, Any]] | None = None) -> 
 def make_keys(keys_file: Path, tiers: Sequence[str], per_tier: int) -> list[tuple[str, str]]:
     """Create `per_tier` keys for each tier in `keys_file`; return (tier, plaintext) pairs,
     interleaved across tiers so that rotating through them mixes the tiers evenly."""
-    from service.keys import create_key
+    from service.access.keys import create_key
 
     keys: list[tuple[str, str]] = []
     for i in range(per_tier):

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from ..logs import JsonFormatter
+from ..observability.logs import JsonFormatter
 
 log = logging.getLogger("service.access")
 _BATCH = 64

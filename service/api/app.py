@@ -11,9 +11,9 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from .. import __version__
+from ..access.keys import KeyStore
+from ..access.keywatch import KeysWatcher
 from ..config import ServiceConfig
-from ..keys import KeyStore
-from ..keywatch import KeysWatcher
 from ..settings import Settings
 from .direct import DirectRoute
 from .docs import install_docs

@@ -15,12 +15,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from ..accounting import Accounting
+from ..access.accounting import Accounting
+from ..access.keys import KeyRecord
+from ..access.tiers import Tier, TierTable, tier_policy
 from ..errors import Unauthorized
-from ..keys import KeyRecord
 from ..modulation import KeyedNoise
 from ..runtime import Runtime
-from ..tiers import Tier, TierTable, tier_policy
 from .metering import note_caller
 from .state import AppState
 

@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import ServiceError
-from ..logs import request_id_var
+from ..observability.logs import request_id_var
 from .deps import Caller, CallerDependency
 from .errors import error_response
 from .state import AppState

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from ..errors import InvalidInput, ServiceError
-from ..logs import request_id_var
+from ..observability.logs import request_id_var
 from ..validation import field_path, shown
 
 log = logging.getLogger(__name__)

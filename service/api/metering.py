@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..accounting import Accounting
+from ..access.accounting import Accounting
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

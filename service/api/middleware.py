@@ -12,8 +12,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..logs import request_id_var
-from ..metrics import Metrics
+from ..observability.logs import request_id_var
+from ..observability.metrics import Metrics
 from .access_log import AccessLog
 from .errors import error_body
 

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from starlette.concurrency import run_in_threadpool
 
-from ..engine import PredictItem
 from ..errors import InvalidInput
 from ..modulation import FocusEntry, ModulationArgumentError
+from ..serving.engine import PredictItem
 from ..settings import Settings
 from .deps import Caller
 from .schemas import FocusItem

@@ -14,16 +14,16 @@ import logging
 import time
 from typing import Any
 
-from ..accounting import Accounting
-from ..batching import Batcher
+from ..access.accounting import Accounting
+from ..access.keys import KeyStore
+from ..access.tiers import TierTable
 from ..config import ServiceConfig
 from ..errors import Unavailable
 from ..generation import GenerationScheduler
-from ..keys import KeyStore
-from ..metrics import Metrics
+from ..observability.metrics import Metrics
 from ..runtime import Runtime, load_runtime, model_name, noise_sources
+from ..serving.batching import Batcher
 from ..settings import Settings
-from ..tiers import TierTable
 
 log = logging.getLogger(__name__)
 

@@ -26,11 +26,12 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..batching import Pending, Worker, collect_batch, take_ready
-from ..engine import InferenceFailed
 from ..errors import Unavailable
-from ..metrics import Metrics
 from ..modulation import NoiseSource
+from ..observability.metrics import Metrics
+from ..serving.batching import Worker
+from ..serving.engine import InferenceFailed
+from ..serving.queue import Pending, collect_batch, take_ready
 from .decode import DecodeBatch
 from .job import GenerationJob, Token
 from .request import GenerationRequest

@@ -15,9 +15,8 @@ from .architectures import DigitsCNN, SceneSegmenter
 from .base import VisionModel
 from .data import SCENE_CALIBRATION, SCENE_HELDOUT, SCENE_SIZE, digit_scenes, digits_splits
 from .loaders import load_weights
-from .spec import InputSpec, Task
+from .spec import SHIPPED, InputSpec, Task
 
-SHIPPED: tuple[str, ...] = ("digits", "digit-scenes")
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 DIGIT_LABELS = [str(d) for d in range(10)]

@@ -27,6 +27,8 @@ from .input_spec import InputSpec
 Task = Literal["classification", "segmentation", "generation"]
 TASKS: tuple[str, ...] = ("classification", "segmentation", "generation")
 LOADERS: tuple[str, ...] = ("torchscript", "export", "factory", "huggingface")
+SHIPPED: tuple[str, ...] = ("digits", "digit-scenes")
+"""The models shipped in the package (``shipped.py`` loads them), named instead of a spec."""
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -181,8 +183,6 @@ class ModelSpec(BaseModel):
     ) -> ModelSpec:
         """Validate a config mapping; relative paths resolve against ``base_dir`` (the config
         file's folder). Raises ValueError naming the field, e.g. "model.input.shape: ..."."""
-        from .shipped import SHIPPED
-
         if not isinstance(data, Mapping):
             raise ValueError(
                 f"{field}: expected a shipped model's name ({', '.join(SHIPPED)}) "

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from service.api.access_log import AccessLog
-from service.logs import JsonFormatter
+from service.observability.logs import JsonFormatter
 
 pytestmark = pytest.mark.unit
 

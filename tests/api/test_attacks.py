@@ -14,9 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from service.access.keys import KeyRecord, KeyStore, generate_key, hash_key
 from service.api.app import create_app
 from service.config import ServiceConfig
-from service.keys import KeyRecord, KeyStore, generate_key, hash_key
 from service.settings import Settings
 from tests.conftest import TEST_SECRET, wait_ready
 

@@ -16,12 +16,12 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.types import ASGIApp
 
+from service.access.keys import KeyStore
 from service.api.app import create_app
 from service.api.metering import MeteringMiddleware
 from service.api.middleware import ServiceMiddleware
 from service.api.state import AppState
 from service.config import ServiceConfig
-from service.keys import KeyStore
 from service.settings import Settings
 from tests.conftest import DIGITS_CONFIG, TEST_SECRET, wait_ready
 

@@ -23,9 +23,9 @@ pytest.importorskip("transformers")
 
 from fastapi.testclient import TestClient
 
+from service.access.keys import KeyStore
 from service.api.app import create_app
 from service.config import ServiceConfig
-from service.engine import InferenceFailed
 from service.errors import Unavailable
 from service.generation import (
     GenerationJob,
@@ -36,10 +36,10 @@ from service.generation import (
     generate,
     sampling_seed,
 )
-from service.keys import KeyStore
-from service.metrics import Metrics
 from service.models.causal_lm import CausalLM
 from service.modulation import FreshNoise, KeyedNoise, NoiseSource
+from service.observability.metrics import Metrics
+from service.serving.engine import InferenceFailed
 from service.settings import Settings
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
@@ -563,7 +563,7 @@ async def test_a_client_gone_mid_stream_frees_its_row_and_the_server_goes_on(
 def test_aim_calibrate_and_eval_utility_on_a_model_directory(
     lm_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from service.cli import main
+    from service.cli.main import main
 
     out = tmp_path / "calibration.json"
     assert (

@@ -269,7 +269,7 @@ def test_bad_input_is_4xx_naming_the_field(
 def test_keys_never_reach_logs_or_metrics(
     client: TestClient, api_keys: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from service.keys import hash_key
+    from service.access.keys import hash_key
 
     with caplog.at_level(logging.DEBUG):
         post(client, api_keys["silver"], {"inputs": [ZERO]})

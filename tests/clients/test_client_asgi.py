@@ -9,9 +9,9 @@ import httpx
 import pytest
 from aim_client import AsyncAimClient, PermissionDeniedError, RateLimitError
 
+from service.access.keys import KeyStore
 from service.api.app import create_app
 from service.config import ServiceConfig
-from service.keys import KeyStore
 from service.settings import Settings
 
 pytestmark = pytest.mark.unit

@@ -293,8 +293,8 @@ def test_example_keys_file_has_the_keys_file_shape() -> None:
 
 
 def test_shipped_config_and_demo_keys_load_with_the_service() -> None:
+    from service.access.keys import KeyStore
     from service.config import ServiceConfig
-    from service.keys import KeyStore
 
     config = ServiceConfig.load(ROOT / "deploy" / "config" / "config.yaml")
     tiers = {tier.name for tier in config.tiers}

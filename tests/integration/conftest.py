@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from service.keys import create_key
+from service.access.keys import create_key
 
 KEYS_PER_TIER = 6
 CONFIG = {

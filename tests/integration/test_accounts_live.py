@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.keys import create_key, revoke_key
+from service.access.keys import create_key, revoke_key
 
 from .conftest import LiveServer, start_server, stop_server
 

@@ -14,7 +14,7 @@ import tritonclient.http as triton
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from tritonclient.utils import InferenceServerException
 
-from service.keys import create_key
+from service.access.keys import create_key
 
 from .conftest import LiveServer, start_server, stop_server
 

@@ -39,7 +39,7 @@ import httpx
 import pytest
 import yaml
 
-from service.cli import build_parser
+from service.cli.main import build_parser
 
 from .conftest import LiveServer, free_port
 
@@ -351,7 +351,7 @@ def test_cli_synopsis_names_only_real_flags() -> None:
 
 
 def test_settings_table_matches_the_settings_and_the_flags() -> None:
-    from service.cli import env_only, flag_name
+    from service.cli.flags import env_only, flag_name
     from service.settings import Settings
 
     text = README.read_text()

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.cli import main
-from service.keys import create_key
+from service.access.keys import create_key
+from service.cli.main import main
 
 from .conftest import LiveServer, free_port, start_server, stop_server
 

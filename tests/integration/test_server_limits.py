@@ -19,9 +19,9 @@ import pytest
 import uvicorn
 
 from service.errors import Unavailable
-from service.metrics import Metrics
-from service.overload import OverloadGuard
-from service.server import Refusal, ServerLimits, protocol_class
+from service.observability.metrics import Metrics
+from service.serving.overload import OverloadGuard
+from service.serving.server import Refusal, ServerLimits, protocol_class
 
 pytestmark = pytest.mark.integration
 
@@ -311,9 +311,9 @@ class FullBatcher:
 
 
 def fake_state(queue_size: int = 4, max_batch_size: int = 2) -> Any:
+    from service.access.keys import KeyRecord, KeyStore, hash_key
+    from service.access.tiers import build_tiers
     from service.config import TierConfig
-    from service.keys import KeyRecord, KeyStore, hash_key
-    from service.tiers import build_tiers
 
     settings = type("S", (), {"queue_size": queue_size, "max_batch_size": max_batch_size})()
     records = [
@@ -511,7 +511,7 @@ def test_aim_serve_releases_every_admission(tmp_path: Path) -> None:
     """A real `aim serve` whose guard runs at most 2 requests (twice the batch of 1): many more
     sequential requests, answered 200, 401, 422 or 413, never leave a slot taken (a leak would
     turn every later request into a 503)."""
-    from service.keys import create_key
+    from service.access.keys import create_key
 
     from .conftest import CONFIG, start_server, stop_server
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.keys import create_key
+from service.access.keys import create_key
 from service.modulation import SharedRings
 
 from .conftest import LiveServer, free_port, start_server, stop_server

@@ -12,8 +12,8 @@ import hmac
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
+from ...access.usage import parse_time
 from ...errors import Forbidden, InvalidInput, Unauthorized
-from ...usage import parse_time
 from ..body import json_response
 from ..deps import State
 

@@ -19,12 +19,12 @@ import orjson
 from fastapi import Request
 from starlette.responses import Response, StreamingResponse
 
-from ...batching import watch_disconnect
 from ...errors import InvalidInput, ServiceError
 from ...generation import GenerationJob, GenerationRequest, TextPieces, Token, sampling_seed
 from ...models.causal_lm import CausalLM
 from ...models.errors import InputError
 from ...modulation import FocusEntry, ModulationArgumentError
+from ...serving.batching import watch_disconnect
 from ..body import json_response, read_model
 from ..deps import Caller
 from ..metering import count_tokens

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
-from ...metrics import exposition
+from ...observability.metrics import exposition
 from ..body import json_response
 from ..deps import CurrentCaller, State
 from ..schemas import ERROR_RESPONSES, ModelInfo

@@ -18,8 +18,8 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from ...batching import watch_disconnect
 from ...errors import Forbidden, InvalidInput, ServiceError
+from ...serving.batching import watch_disconnect
 from ..body import json_response, read_model, request_body
 from ..deps import Caller, CurrentCaller, InferenceCaller, State
 from ..state import AppState

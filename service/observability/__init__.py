@@ -1,0 +1,1 @@
+"""Structured logs and Prometheus metrics; neither may break the request path."""

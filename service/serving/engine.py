@@ -1,0 +1,218 @@
+"""The inference path for vision models: forward pass, per-row modulation, post-processing.
+
+Runs on the batcher's worker thread. Every row carries its own σ, keyed seed and focus, so one
+forward pass serves any mix of keys and tiers; the answer holds labels, indices, scores of the
+*modulated* logits and masks, never the unmodulated logits.
+
+Classification rows under keyed noise go through the tier's replay memory
+(``modulation.memory``): the row's embedding (the network's ``forward_with_embedding`` when it
+has one, else its centred logits) finds a recent near-duplicate of the same tier and clean
+class, whose noise cell it reuses; a first-seen row gets the fine digest of its own logits.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ServiceError
+from ..modulation import (
+    BatchModulation,
+    FocusEntry,
+    KeyedNoise,
+    NoiseSource,
+    ReplayMemory,
+    focus_field,
+    modulate,
+)
+from ..observability.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictItem:
+    """One request's rows and its modulation knobs."""
+
+    inputs: torch.Tensor | np.ndarray
+    """Prepared inputs, rows × input shape (an array when prepared on the event loop)."""
+    tier: str
+    sigma: float
+    seed: int
+    focus: list[FocusEntry] = field(default_factory=list)
+    top_k: int = 1
+    queue_wait: float = 0.0
+
+    @property
+    def rows(self) -> int:
+        return int(self.inputs.shape[0])
+
+
+def batch_inputs(items: Sequence[PredictItem]) -> torch.Tensor:
+    """The items' inputs as one CPU tensor (arrays and tensors may mix)."""
+    if all(isinstance(it.inputs, np.ndarray) for it in items):
+        return torch.from_numpy(np.concatenate([it.inputs for it in items]))
+    return torch.cat([torch.as_tensor(it.inputs) for it in items])
+
+
+class InferenceFailed(ServiceError):
+    """The model failed on this request; details stay in the server log."""
+
+    status = 500
+    code = "internal_error"
+
+
+class Engine:
+    """Model + noise source + metrics; `run` is the batcher's `run_batch`."""
+
+    def __init__(
+        self,
+        model: Any,
+        source: NoiseSource,
+        metrics: Metrics,
+        memory: ReplayMemory | None = None,
+    ) -> None:
+        self.model = model
+        self.source = source
+        self.metrics = metrics
+        self.labels: list[str] = list(model.labels)
+        keyed = isinstance(source, KeyedNoise) and model.task == "classification"
+        # Not `memory or ...`: an empty memory has len 0 and is falsy.
+        self.memory = (memory if memory is not None else ReplayMemory()) if keyed else None
+        if self.memory is not None and self.memory.centre is None:
+            self.memory.centre = self._embedding_centre()
+
+    def run(self, items: Sequence[PredictItem]) -> list[Any]:
+        """One result (list of predictions) or exception per item; a bad item fails alone."""
+        try:
+            return self._run(items)
+        except Exception:
+            if len(items) == 1:
+                log.exception("inference failed")
+                return [InferenceFailed("inference failed")]
+        # Isolate the culprit: retry each item alone so its batch-mates still get answers.
+        return [self.run([item])[0] for item in items]
+
+    def _run(self, items: Sequence[PredictItem]) -> list[Any]:
+        device = self.model.device
+        x = batch_inputs(items).to(device, non_blocking=True)
+        t0 = time.perf_counter()
+        logits, embedding = self._forward(x)
+        t1 = time.perf_counter()
+        rows = [it.rows for it in items]
+        # Per-row lists built in Python: one tensor each, not a tensor and a repeat per field.
+        per_row = [it for it, n in zip(items, rows, strict=True) for _ in range(n)]
+        sigma = torch.tensor([it.sigma for it in per_row])
+        seeds = torch.tensor([it.seed for it in per_row], dtype=torch.int64).to(device)
+        spatial = (int(logits.shape[2]), int(logits.shape[3])) if logits.dim() == 4 else None
+        fld = focus_field([it.focus for it in per_row], logits.shape[1], spatial, device)
+        cells = self._cells(logits, embedding, seeds, sigma, fld, per_row)
+        params = BatchModulation(sigma.to(device), seeds, fld, cells)
+        out = modulate(logits, params, self.source)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        results = self._classify(out, items) if out.dim() == 2 else self._segment(out, items)
+        self.metrics.observe_batch(
+            sum(rows), t1 - t0, t2 - t1, [(it.tier, it.queue_wait) for it in items]
+        )
+        return results
+
+    def _embedding_centre(self) -> torch.Tensor | None:
+        """The mean embedding of a shipped model's calibration inputs (None for other models:
+        their fallback embedding, the centred logits, needs no centre)."""
+        from ..models import SHIPPED, calibration_inputs
+
+        embed = getattr(self.model, "forward_with_embedding", None)
+        if embed is None or self.model.name not in SHIPPED:
+            return None
+        _, embedding = embed(calibration_inputs(self.model.name).to(self.model.device))
+        return None if embedding is None else embedding.mean(dim=0)
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits, and the replay memory's embedding when this engine keeps a memory."""
+        if self.memory is None:
+            return self.model.forward(x), None
+        embed = getattr(self.model, "forward_with_embedding", None)
+        if embed is not None:
+            logits, embedding = embed(x)
+            if embedding is not None:
+                return logits, embedding
+        logits = self.model.forward(x)
+        # Models without an embedding (TorchScript files, ...): the centred logits stand in.
+        return logits, logits - logits.mean(dim=1, keepdim=True)
+
+    def _cells(
+        self,
+        logits: torch.Tensor,
+        embedding: torch.Tensor | None,
+        seeds: torch.Tensor,
+        sigma: torch.Tensor,
+        fld: torch.Tensor | None,
+        per_row: Sequence[PredictItem],
+    ) -> torch.Tensor | None:
+        """Noise cells of classification rows: own fine digest, or a remembered match's.
+        ``per_row`` names each row's item; ``sigma`` is on the CPU."""
+        if self.memory is None or embedding is None or not isinstance(self.source, KeyedNoise):
+            return None
+        cells = self.source.fine_cells(logits, seeds)
+        if fld is None:  # σ as the float32 values modulate() compares
+            rows = [i for i, s in enumerate(sigma.tolist()) if s > 0]
+        else:
+            noisy = sigma.to(logits.device) > 0
+            noisy |= (fld != 0).reshape(fld.shape[0], -1).any(dim=1)
+            rows = noisy.nonzero().reshape(-1).tolist()
+        if not rows:
+            return cells
+        tiers = [per_row[r].tier for r in rows]
+        if len(rows) == len(per_row):
+            return self.memory.assign(tiers, embedding, logits.argmax(dim=1), cells)
+        idx = torch.tensor(rows, device=logits.device)
+        cells[idx] = self.memory.assign(
+            tiers, embedding[idx], logits[idx].argmax(dim=1), cells[idx]
+        )
+        return cells
+
+    def _classify(self, out: torch.Tensor, items: Sequence[PredictItem]) -> list[Any]:
+        k = min(max(it.top_k for it in items), out.shape[1])
+        probs = torch.softmax(out.float(), dim=1)
+        values, indices = probs.topk(k, dim=1)
+        values_l, indices_l = values.cpu().tolist(), indices.cpu().tolist()
+        results, row = [], 0
+        for it in items:
+            preds = []
+            for r in range(row, row + it.rows):
+                top = [
+                    {"label": self.labels[i], "index": i, "score": v}
+                    for i, v in zip(indices_l[r][: it.top_k], values_l[r][: it.top_k], strict=True)
+                ]
+                preds.append({**top[0], "top_k": top})
+            results.append(preds)
+            row += it.rows
+        return results
+
+    def _segment(self, out: torch.Tensor, items: Sequence[PredictItem]) -> list[Any]:
+        masks = out.argmax(dim=1)  # N×H×W
+        n, c = out.shape[0], out.shape[1]
+        counts = torch.zeros(n, c, dtype=torch.int64, device=masks.device).scatter_add_(
+            1, masks.view(n, -1), torch.ones_like(masks.view(n, -1))
+        )
+        masks_l, counts_l = masks.cpu().tolist(), counts.cpu().tolist()
+        results, row = [], 0
+        for it in items:
+            preds = [
+                {
+                    "mask": masks_l[r],
+                    "counts": {self.labels[i]: v for i, v in enumerate(counts_l[r]) if v},
+                }
+                for r in range(row, row + it.rows)
+            ]
+            results.append(preds)
+            row += it.rows
+        return results

@@ -1,0 +1,31 @@
+"""JSON log lines: no terminal colour codes (uvicorn attaches a coloured copy of its messages)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from service.observability.logs import JsonFormatter
+
+pytestmark = pytest.mark.unit
+
+
+def test_uvicorn_colour_copy_and_escapes_are_not_written() -> None:
+    record = logging.makeLogRecord(
+        {
+            "name": "uvicorn.error",
+            "levelno": logging.INFO,
+            "levelname": "INFO",
+            "msg": "Started server process [\x1b[36m%d\x1b[0m]",
+            "args": (42,),
+            "color_message": "Started server process [\x1b[36m%d\x1b[0m]",
+            "route": "/predict",
+        }
+    )
+    line = JsonFormatter().format(record)
+    assert "\x1b" not in line and "\\u001b" not in line
+    entry = json.loads(line)
+    assert entry["msg"] == "Started server process [42]"
+    assert "color_message" not in entry and entry["route"] == "/predict"
