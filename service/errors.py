@@ -1,6 +1,7 @@
 """Domain errors of the service, turned into HTTP answers at the edge (`api/errors.py`).
 
 ServiceError
+├── BadRequest          400  a request that contradicts itself (two different keys)
 ├── Unauthorized        401  no key, or a key we do not know
 ├── Forbidden           403  a tier above the key's, or a feature the tier does not include
 ├── PayloadTooLarge     413  body or item count over the limit
@@ -28,6 +29,13 @@ class ServiceError(Exception):
         self.message = message
         self.field = field
         self.headers = headers or {}
+
+
+class BadRequest(ServiceError):
+    """A request that contradicts itself, such as two headers carrying different keys."""
+
+    status = 400
+    code = "bad_request"
 
 
 class Unauthorized(ServiceError):

@@ -28,15 +28,19 @@ class Settings(BaseSettings):
     device: Literal["cpu", "cuda", "auto"] = "auto"
     """Where the model runs; `auto` takes CUDA when present."""
     config: Path | None = None
-    """YAML service config (model and tiers); None serves the embedded `digits` model."""
+    """YAML service config (model and tiers). Unset: the bundled `digits` model with its
+    default tiers."""
     keys_file: Path | None = None
-    """YAML keys file (id, tier, sha256 per key). Required unless `demo`."""
+    """YAML keys file (id, tier, sha256 per key; `aim keys create` writes it). Needed unless
+    --demo is given."""
     secret: SecretStr | None = None
-    """Server secret that keys the noise. Prefer `secret_file`; required unless `demo`."""
+    """Server secret that keys the noise (environment only). Prefer --secret-file; needed
+    unless --demo is given."""
     secret_file: Path | None = None
-    """File holding the server secret (preferred over `secret`)."""
+    """File holding the server secret (preferred over AIM_SECRET)."""
     demo: bool = False
-    """Ephemeral keys (one per tier, printed once) and an ephemeral secret."""
+    """Try-out mode: one throwaway key per tier (printed once at start) and a throwaway
+    secret; no keys file or secret needed."""
 
     noise: Literal["keyed", "fresh"] = "keyed"
     """`fresh` draws new noise on every call: research use only (repeated queries undo it)."""
@@ -49,8 +53,8 @@ class Settings(BaseSettings):
     full queue answers 503 at once."""
     max_in_flight: int | None = Field(None, ge=1)
     """Most inference requests running at once; more wait at the edge, highest tier first.
-    Default: `max_batch_size` while batches run on the event loop (CPU, see
-    `forward_on_loop_ms`: nothing overlaps a batch there), else twice it (one batch running
+    Default: the batch size (--max-batch-size) while batches run on the event loop (CPU, see
+    --forward-on-loop-ms: nothing overlaps a batch there), else twice it (one batch running
     on the forward thread, the next one filling)."""
     admission_wait_s: float = Field(1.0, gt=0, le=60)
     """How long a request may wait at the edge for a slot before it gets 503."""
@@ -58,11 +62,11 @@ class Settings(BaseSettings):
     """While requests wait and a higher tier is present that sent under a quarter of the last
     second's requests, tiers below it run at most as many requests as it does, or this many if
     that is more (every running request lengthens the event loop's turns, which the top tier
-    waits on). Default: an eighth of `max_batch_size`."""
+    waits on). Default: an eighth of the batch size (--max-batch-size)."""
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     """Larger request bodies get 413."""
     max_items: int = Field(64, ge=1)
-    """Most inputs in one request, for every tier (a tier may set a lower `max_items`)."""
+    """Most inputs in one request, for every tier (a tier's config may set a lower limit)."""
     max_focus_entries: int = Field(16, ge=0)
     """Most focus entries in one request."""
     header_timeout_s: float = Field(10.0, gt=0, le=3600)
@@ -81,8 +85,8 @@ class Settings(BaseSettings):
     batches took under this many ms and less than a batch waits: small models then pay no GIL
     hand-offs. 0: always the thread. GPU models always use the thread."""
     workers: int = Field(1, ge=1, le=64)
-    """Server processes on the port, each with its own model (service/workers.py); more than
-    one needs `redis_url`, so that limits, quotas and usage are counted once for all."""
+    """Server processes on the port, each with its own copy of the model; more than one needs
+    Redis (AIM_REDIS_URL), so that limits, quotas and usage are counted once for all."""
     torch_threads: int | None = Field(None, ge=1, le=256)
     """Intra-op threads of the forward pass on CPU. Default: half the cores (at least 1), so
     the other half serves HTTP; small models batch better than they parallelise."""
@@ -90,13 +94,15 @@ class Settings(BaseSettings):
     """Level of the JSON logs on stderr."""
 
     redis_url: SecretStr | None = None
-    """Redis shared by every replica (`redis://host:6379/0`): rate limits, quotas and usage.
-    Unset: that state is this process's own (one replica)."""
+    """Redis shared by every replica (`redis://host:6379/0`): rate limits, quotas and usage
+    (environment only: the URL may hold a password). Unset: that state is this process's own
+    (one replica)."""
     state_dir: Path | None = None
     """Where single-replica state that must outlive a restart is kept (usage, SQLite). Unset,
     and without Redis, usage is kept in memory only."""
     admin_token: SecretStr | None = None
-    """Bearer token of the admin routes (`/admin/usage`); unset, they do not exist (404)."""
+    """Bearer token of the admin routes (`/admin/usage`; environment only). Unset: those
+    routes answer 404."""
     quota_fail_open: bool = False
     """With Redis unreachable, serve tiers that have a quota (uncounted) instead of 503."""
 

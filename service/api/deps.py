@@ -18,7 +18,7 @@ from fastapi import Depends, Request
 from ..access.accounting import Accounting
 from ..access.keys import KeyRecord
 from ..access.tiers import Tier, TierTable, tier_policy
-from ..errors import Unauthorized
+from ..errors import BadRequest, Unauthorized
 from ..modulation import KeyedNoise
 from ..runtime import Runtime
 from .metering import note_caller
@@ -98,18 +98,30 @@ def caller_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, str]:
 
 def presented_key(headers: dict[bytes, str]) -> str | None:
     """The API key from the request's `caller_headers`: X-API-Key, else a bearer token."""
+    return _api_key_header(headers) or _bearer(headers)
+
+
+def _api_key_header(headers: dict[bytes, str]) -> str | None:
     key = headers.get(b"x-api-key", "").strip()
-    if key:  # a blank one counts as absent, as an empty one does
-        return key
-    auth = headers.get(b"authorization", "")
-    scheme, _, token = auth.partition(" ")
+    return key or None  # a blank one counts as absent, as an empty one does
+
+
+def _bearer(headers: dict[bytes, str]) -> str | None:
+    scheme, _, token = headers.get(b"authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return None
 
 
 def authenticate(headers: dict[bytes, str], state: AppState) -> KeyRecord:
-    key = presented_key(headers)
+    key, bearer = _api_key_header(headers), _bearer(headers)
+    if key is not None and bearer is not None and key != bearer:
+        # Which one was meant is a guess either way, and a guess may serve the wrong account.
+        raise BadRequest(
+            "X-API-Key and Authorization: Bearer carry different keys; send one of them",
+            field="X-API-Key",
+        )
+    key = key or bearer
     if key is None:
         raise Unauthorized(
             "missing API key: send X-API-Key or Authorization: Bearer", field="X-API-Key"

@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from ..errors import InvalidInput, ServiceError
 from ..observability.logs import request_id_var
-from ..validation import field_path, shown
+from ..validation import expected_text, field_path, shown
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,16 @@ def invalid_input(errors: list[Any]) -> InvalidInput:
     if first.get("type") == "json_invalid":
         return InvalidInput(f"body is not valid JSON: {first.get('msg')}", "body")
     field = field_path(tuple(first.get("loc", ())))
-    got = "" if first.get("type") == "missing" else f", got {shown(first.get('input'))}"
+    if first.get("type") == "missing":
+        reason = "is missing"
+    elif first.get("type") == "extra_forbidden":
+        reason = "is not a known field"
+    elif first.get("type") == "value_error":  # a validator's own message, in its words
+        reason = str(first.get("msg", "is invalid")).removeprefix("Value error, ")
+    else:
+        reason = f"{expected_text(first)}, got {shown(first.get('input'))}"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return InvalidInput(f"`{field}`: {first.get('msg', 'invalid value')}{got}{more}", field)
+    return InvalidInput(f"`{field}`: {reason}{more}", field)
 
 
 def install_error_handlers(app: FastAPI, shapes: Mapping[str, ErrorShape] | None = None) -> None:

@@ -53,11 +53,23 @@ def _image(item: dict[str, Any], adapter: Any, i: int) -> torch.Tensor:
             f"`inputs[{i}]`: an object input has exactly one field, image_b64 (a base64 string)",
             f"inputs[{i}]",
         )
+    text: str = item["image_b64"]
+    if text.startswith("data:"):
+        # A data URL (`data:image/png;base64,...`), as browsers and canvas.toDataURL() give it.
+        head, comma, text = text.partition(",")
+        if not comma or not head.endswith(";base64"):
+            raise InvalidInput(
+                f"`inputs[{i}].image_b64`: is a data URL without `;base64,`; send the base64 "
+                "of the PNG or JPEG file (with or without a `data:image/png;base64,` prefix)",
+                f"inputs[{i}].image_b64",
+            )
     try:
-        data = base64.b64decode(item["image_b64"], validate=True)
+        data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidInput(
-            f"`inputs[{i}].image_b64`: is not valid base64", f"inputs[{i}].image_b64"
+            f"`inputs[{i}].image_b64`: is not valid base64; send the base64 of the PNG or JPEG "
+            "file (standard alphabet, with padding)",
+            f"inputs[{i}].image_b64",
         ) from None
     from ..models.errors import InputError
 

@@ -51,7 +51,9 @@ class ImageInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image_b64: str = Field(description="Base64-encoded PNG or JPEG.")
+    image_b64: str = Field(
+        description="Base64-encoded PNG or JPEG (a `data:image/png;base64,` prefix is accepted)."
+    )
 
 
 class PredictRequest(BaseModel):

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 HASH_SHOWN = 12  # hex characters of a key's hash `keys list` shows: enough to tell keys apart
+# service/access/keywatch.py polls the keys file once a second; the README says the same words.
+REVOKE_DELAY = "a running server drops it within about a second (at once on SIGHUP)"
 
 
 def add_commands(sub: Any, keys_sub: Any) -> None:
     """Add `keys revoke`, `keys list` (under `keys_sub`) and `usage` (under `sub`)."""
-    revoke = keys_sub.add_parser("revoke", help="remove a key; a running server drops it in 1 s")
+    revoke = keys_sub.add_parser("revoke", help=f"remove a key; {REVOKE_DELAY}")
     revoke.add_argument("--keys-file", type=Path, required=True, help="YAML keys file")
     revoke.add_argument("--id", dest="key_id", required=True, help="id of the key to remove")
     revoke.set_defaults(handler=_revoke)
@@ -25,11 +27,13 @@ def add_commands(sub: Any, keys_sub: Any) -> None:
     usage = sub.add_parser(
         "usage",
         help="usage per account and tier as CSV (from AIM_REDIS_URL, else AIM_STATE_DIR)",
+        description="Usage per account and tier as CSV, read from the Redis of AIM_REDIS_URL "
+        "when it is set (environment only: the URL may hold a password), else from the "
+        "state directory.",
     )
     usage.add_argument("--since", help="Unix seconds or ISO 8601 (whole minutes)")
     usage.add_argument("--until", help="Unix seconds or ISO 8601 (exclusive)")
     usage.add_argument("--state-dir", type=Path, help="default: AIM_STATE_DIR")
-    usage.add_argument("--redis-url", help="default: AIM_REDIS_URL")
     usage.set_defaults(handler=_usage)
 
 
@@ -77,8 +81,7 @@ def _usage(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"aim usage: {exc}", file=sys.stderr)
         return 2
-    overrides = {"state_dir": args.state_dir, "redis_url": args.redis_url}
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = Settings(**({"state_dir": args.state_dir} if args.state_dir else {}))
     if settings.redis_url is not None:
         state = RedisState(settings.redis_url.get_secret_value())
 
@@ -102,7 +105,7 @@ def _usage(args: argparse.Namespace) -> int:
         store.close()
     else:
         print(
-            "aim usage: set AIM_REDIS_URL or AIM_STATE_DIR (or --redis-url, --state-dir)",
+            "aim usage: set AIM_REDIS_URL or AIM_STATE_DIR (or give --state-dir)",
             file=sys.stderr,
         )
         return 2

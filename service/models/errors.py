@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..validation import shown
+
 _MAX_VALUE_CHARS = 60
 
 
 def describe_value(value: Any) -> str:
-    """A short repr for messages: a client may send a 400-digit integer or a long string."""
-    text = repr(value)
-    if len(text) > _MAX_VALUE_CHARS:
-        text = text[: _MAX_VALUE_CHARS - 3] + "..."
-    return text
+    """A value in JSON's words (null, true, "text"), as the client sent it, cut short: a client
+    may send a 400-digit integer or a long string."""
+    return shown(value, _MAX_VALUE_CHARS)
 
 
 class ModelLoadError(RuntimeError):

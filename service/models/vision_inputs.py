@@ -62,8 +62,9 @@ def checked_item(item: Any, spec: InputSpec) -> np.ndarray:
                 raise _shape_error(spec, item.shape)
             first = item.reshape(-1)[0].item() if item.size else None
             field = _field(np.unravel_index(0, item.shape)) if item.size else ""
-            kind = "a boolean" if item.dtype.kind == "b" else "not a number"
-            raise InputError(field, first, f"is {describe_value(first)}: {kind}, expected a number")
+            what = f"a boolean ({describe_value(first)})" if item.dtype.kind == "b" else None
+            what = what or describe_value(first)
+            raise InputError(field, first, f"is {what}, expected a number")
         if item.shape not in spec.accepted_shapes:
             raise _shape_error(spec, item.shape)
         return _checked_values(item.astype(np.float64, copy=False), spec)
@@ -114,8 +115,36 @@ def _walk(item: Sequence[Any], spec: InputSpec) -> None:
         node = node[0]
         claimed.append(len(node))
     if tuple(claimed) not in spec.accepted_shapes:
+        # The first row's length is only a claim: a ragged array has no shape to report.
+        _refuse_ragged(item, depth, spec)
         raise _shape_error(spec, claimed)
     _walk_node(item, tuple(claimed), (), spec)
+
+
+def _refuse_ragged(item: Sequence[Any], depth: int, spec: InputSpec) -> None:
+    """Raise for the first row (breadth first) whose length differs from its level's first row;
+    return if the array is rectangular to ``depth`` levels."""
+    level: list[tuple[tuple[int, ...], Any]] = [((), item)]
+    for _ in range(depth - 1):
+        level = [
+            ((*index, i), child)
+            for index, node in level
+            if isinstance(node, (list, tuple))
+            for i, child in enumerate(node)
+        ]
+        rows = [(index, node) for index, node in level if isinstance(node, (list, tuple))]
+        if not rows:
+            return
+        first_index, first = rows[0]
+        for index, node in rows[1:]:
+            if len(node) != len(first):
+                raise InputError(
+                    _field(index),
+                    len(node),
+                    f"has length {len(node)}, but row {_field(first_index)} has length "
+                    f"{len(first)}: the array is ragged (rows of unequal length), expected "
+                    f"shape {_expected_text(spec, depth)}",
+                )
 
 
 def _walk_node(node: Any, shape: tuple[int, ...], index: tuple[int, ...], spec: InputSpec) -> None:
@@ -140,7 +169,7 @@ def _check_element(value: Any, index: tuple[int, ...], spec: InputSpec) -> None:
     if isinstance(value, (list, tuple)):
         raise InputError(field, value, "is a list, expected a number")
     if isinstance(value, (bool, np.bool_)):
-        raise InputError(field, value, f"is {value!r}: a boolean, expected a number")
+        raise InputError(field, value, f"is a boolean ({describe_value(value)}), expected a number")
     if not _is_number(value):
         raise InputError(field, value, f"is {describe_value(value)}, expected a number")
     try:

@@ -181,3 +181,14 @@ def test_stop_text(pieces: list[str], stops: list[str], sent: str, stopped: bool
     if not hit:
         out += scan.flush()
     assert (out, hit) == (sent, stopped)
+
+
+def test_two_different_keys_are_a_400_in_openai_shape(
+    client: TestClient, api_keys: dict[str, str]
+) -> None:
+    both = {"X-API-Key": api_keys["bronze"], "Authorization": f"Bearer {api_keys['gold']}"}
+    r = client.get("/v1/models", headers=both)
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert "X-API-Key" in error["message"] and "Authorization: Bearer" in error["message"]

@@ -140,3 +140,34 @@ def test_help_runs_without_error() -> None:
     out = io.StringIO()
     build_parser().print_help(out)
     assert "serve" in out.getvalue() and "--version" in out.getvalue()
+
+
+def _help(prog: str) -> str:
+    return dict(_parsers(build_parser()))[prog].format_help()
+
+
+def test_serve_help_speaks_in_flags_and_user_words() -> None:
+    text = " ".join(_help("aim serve").split())  # argparse wraps lines anywhere
+    # Internal names a newcomer cannot act on: Python's None, field names in backticks.
+    for internal in ("None", "`demo`", "`redis_url`", "`max_batch_size`", "`secret_file`"):
+        assert internal not in text, f"`aim serve --help` says {internal!r}"
+    assert "Needed unless --demo is given" in text
+    assert "the bundled `digits` model" in text
+
+
+def test_revocation_delay_is_the_same_in_help_and_readme() -> None:
+    from service.access.keywatch import POLL_SECONDS
+    from service.cli.accounts import REVOKE_DELAY
+
+    assert POLL_SECONDS == 1.0, "REVOKE_DELAY and the README say 'within about a second'"
+    assert REVOKE_DELAY in " ".join(_help("aim keys").split())
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert REVOKE_DELAY in readme
+
+
+def test_usage_takes_no_redis_url_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    # The URL may hold a password: a command line is visible to every user (`ps`).
+    assert "--redis-url" not in _help("aim usage")
+    with pytest.raises(SystemExit):
+        main(["usage", "--redis-url", "redis://u:p@h/0"])
+    assert "unrecognized arguments: --redis-url" in capsys.readouterr().err

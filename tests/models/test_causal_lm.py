@@ -72,7 +72,7 @@ def test_unknown_focus_token_is_named(lm: CausalLM, token: str) -> None:
     with pytest.raises(ValueError, match="token") as info:
         lm.token_id(token)
     assert isinstance(info.value, InputError)
-    assert repr(token) in str(info.value) or token == ""
+    assert f'"{token}"' in str(info.value) or token == ""  # as JSON writes it
 
 
 def test_out_of_range_token_id_is_named(lm: CausalLM) -> None:
