@@ -3,9 +3,10 @@
 Through `logging` each line cost about 36 µs on this machine (a LogRecord, `json.dumps` in the
 formatter, one write to stderr per request), several times the cost of the metrics. When the
 root logger writes through the service's own JSON handler (what `aim serve` configures), the
-line is serialised here with orjson, in the same shape the formatter gives (ts, level, logger,
-msg, request_id, then the fields), and lines are written in batches: when 64 are pending or
-0.2 s after the first pending one, whichever comes first. Anything else (tests capturing logs,
+line is serialised here with orjson, in the same shape the formatter gives
+(`observability.logs.log_entry`: ts, level, logger, msg, request_id, then the fields), and lines
+are written in batches: when 64 are pending or 0.2 s after the first pending one, whichever
+comes first. Anything else (tests capturing logs,
 another handler) gets the plain `logging` call, so nothing is lost or reshaped.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from ..observability.logs import JsonFormatter
+from ..observability.logs import JsonFormatter, log_entry
 
 log = logging.getLogger("service.access")
 _BATCH = 64
@@ -59,14 +60,7 @@ class AccessLog:
         if stream is None:
             log.info("request", extra=fields)
             return
-        entry = {
-            "ts": round(time.time(), 3),
-            "level": "info",
-            "logger": log.name,
-            "msg": "request",
-            "request_id": rid,
-            **fields,
-        }
+        entry = log_entry(time.time(), "info", log.name, "request", rid) | fields
         self._pending.append(orjson.dumps(entry, default=str))
         if len(self._pending) >= _BATCH:
             self.flush()

@@ -22,17 +22,40 @@ _TERMINAL_ONLY = {"color_message"}
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
+def iso_time(t: float) -> str:
+    """Unix seconds as ISO-8601 UTC with milliseconds, `2026-12-03T11:22:46.123Z`: what log
+    tools parse without being told the unit or the zone."""
+    seconds = int(t)
+    millis = min(int((t - seconds) * 1000), 999)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def log_entry(
+    created: float, level: str, logger: str, msg: str, request_id: str | None
+) -> dict[str, Any]:
+    """The head of every JSON log line, in this order: ts, level, logger, msg, request_id (when
+    there is one); the record's own fields follow. The formatter and the batched access log
+    (api/access_log.py) both start their lines here, so there is one layout."""
+    entry: dict[str, Any] = {
+        "ts": iso_time(created),
+        "level": level,
+        "logger": logger,
+        "msg": msg,
+    }
+    if request_id is not None:
+        entry["request_id"] = request_id
+    return entry
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": round(time.time(), 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": _ANSI.sub("", record.getMessage()),
-        }
-        rid = request_id_var.get()
-        if rid is not None:
-            entry["request_id"] = rid
+        entry = log_entry(
+            record.created,
+            record.levelname.lower(),
+            record.name,
+            _ANSI.sub("", record.getMessage()),
+            request_id_var.get(),
+        )
         for name, value in vars(record).items():
             if name in _STANDARD or name in _TERMINAL_ONLY or name.lower() in _REDACT:
                 continue

@@ -7,12 +7,14 @@ import contextlib
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from service.api.access_log import AccessLog
-from service.observability.logs import JsonFormatter
+from service.observability.logs import JsonFormatter, request_id_var
 
 pytestmark = pytest.mark.unit
 
@@ -52,7 +54,27 @@ def test_lines_are_batched_and_shaped_like_the_formatter() -> None:
     assert {k: first[k] for k in FIELDS if k != "status"} == {
         k: v for k, v in FIELDS.items() if k != "status"
     }
-    assert isinstance(first["ts"], float)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["ts"]), first["ts"]
+    age = datetime.now(timezone.utc) - datetime.fromisoformat(first["ts"].replace("Z", "+00:00"))
+    assert timedelta(0) <= age < timedelta(minutes=5)
+
+
+def test_access_lines_and_formatter_lines_have_one_layout() -> None:
+    access = AccessLog()
+    with only_json_handler() as json_stream:
+        access.write("rid", FIELDS)
+        access.flush()
+        token = request_id_var.set("rid")
+        try:
+            logging.getLogger("service.access").info("request", extra=FIELDS)
+        finally:
+            request_id_var.reset(token)
+    batched, formatted = (json.loads(line) for line in json_stream.getvalue().splitlines())
+    assert list(batched) == list(formatted)  # same keys in the same order
+    assert {k: v for k, v in batched.items() if k != "ts"} == {
+        k: v for k, v in formatted.items() if k != "ts"
+    }
+    assert batched["ts"][:10] == formatted["ts"][:10]
 
 
 def test_a_full_batch_is_written_at_once() -> None:

@@ -29,3 +29,12 @@ def test_uvicorn_colour_copy_and_escapes_are_not_written() -> None:
     entry = json.loads(line)
     assert entry["msg"] == "Started server process [42]"
     assert "color_message" not in entry and entry["route"] == "/predict"
+
+
+def test_ts_is_iso_8601_utc_with_milliseconds() -> None:
+    from service.observability.logs import iso_time
+
+    assert iso_time(0.0) == "1970-01-01T00:00:00.000Z"
+    assert iso_time(1_764_760_966.1239) == "2025-12-03T11:22:46.123Z"
+    record = logging.makeLogRecord({"msg": "hello", "levelname": "INFO", "created": 86_400.5})
+    assert json.loads(JsonFormatter().format(record))["ts"] == "1970-01-02T00:00:00.500Z"
