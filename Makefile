@@ -31,15 +31,25 @@ system-deps:
 			$(SYSTEM_PACKAGES) >/dev/null || { echo "could not install:$$missing (Debian packages $(SYSTEM_PACKAGES))"; exit 1; }; \
 	fi
 
+# pip and setuptools talk a lot (build-backend notes on every editable install): their output
+# goes to $(LOG), and only a failure shows its last lines, so that a first `make test` says what
+# it does in a few lines.
+LOG := $(VENV)/bootstrap.log
+QUIET = >>$(LOG) 2>&1 || { echo "bootstrap failed; the last lines of $(LOG):"; tail -n 40 $(LOG); exit 1; }
+
 $(STAMP): pyproject.toml clients/python/pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	@echo "bootstrap: Python environment in $(VENV) (pip's output: $(LOG))"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@: > $(LOG)
+	@$(BIN)/python -m pip install --upgrade pip $(QUIET)
 	@if ! command -v nvidia-smi >/dev/null 2>&1 && ! $(BIN)/python -c "import torch" 2>/dev/null; then \
-		echo "no GPU found: installing the CPU build of torch first ($(CPU_TORCH))"; \
-		$(BIN)/python -m pip install -q "$(CPU_TORCH)"; \
+		echo "bootstrap: no GPU found: installing the CPU build of torch first ($(CPU_TORCH))"; \
+		$(BIN)/python -m pip install "$(CPU_TORCH)" $(QUIET); \
 	fi
-	$(BIN)/python -m pip install -q -e ".[dev,llm]" -e clients/python
-	touch $(STAMP)
+	@echo "bootstrap: installing aim-serving, its client and their dependencies (minutes the first time)"
+	@$(BIN)/python -m pip install -e ".[dev,llm]" -e clients/python $(QUIET)
+	@touch $(STAMP)
+	@echo "bootstrap: done; \`$(BIN)/aim --help\` lists the commands"
 
 serve: $(STAMP)
 	$(BIN)/aim serve --demo --host $(HOST) --port $(PORT)

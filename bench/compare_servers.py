@@ -30,7 +30,7 @@ group).
                                     [--servers ours,litserve,fastapi,floor] [--torch-threads N]
                                     [--workers N] [--out FILE]
 
-`--workers N` runs ours as `aim serve --workers N` (service/workers.py) with a private
+`--workers N` runs ours as `aim serve --workers N` (service/serving/workers.py) with a private
 redis-server for the limits and usage the workers share.
 """
 

@@ -138,7 +138,7 @@ def main() -> None:
     print(line("again", again_ms, again_calls))
     print(f"memory: {len(engine.memory or [])} entries, {engine.memory and engine.memory.stats}")
     if args.contend:
-        sys.setswitchinterval(0.0005)  # service/server.py ServerLimits.switch_interval_s
+        sys.setswitchinterval(0.0005)  # service/serving/server.py ServerLimits.switch_interval_s
         solo = spin_rate(lambda: time.sleep(1.0))
         ms: list[float] = []
         shared = spin_rate(lambda: ms.extend(timed(first)))
@@ -153,7 +153,7 @@ def network_lines(model: Any, x: torch.Tensor) -> None:
     """The digits network's forward with its embedding alone: eager (the module's own method,
     one GIL trip per layer and op) and as the traced graph the service runs
     (service/models/graphs.py), each alone and beside a thread spinning in Python."""
-    sys.setswitchinterval(0.0005)  # service/server.py ServerLimits.switch_interval_s
+    sys.setswitchinterval(0.0005)  # service/serving/server.py ServerLimits.switch_interval_s
 
     def eager(batch: torch.Tensor) -> Any:
         with torch.inference_mode():

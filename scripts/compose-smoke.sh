@@ -176,7 +176,7 @@ done
 
 # --- 4. Wheelhouse and service image ------------------------------------------------------------
 phase "wheelhouse"
-[[ -f service/cli.py ]] || die "the service package is not there yet (service/cli.py missing)"
+[[ -f service/cli/main.py ]] || die "the service package is not there yet (service/cli/main.py missing)"
 PYTHON="${PYTHON:-}"
 if [[ -z "$PYTHON" ]]; then
   if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
