@@ -9,7 +9,7 @@ CPU_TORCH ?= torch==2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: bootstrap system-deps serve test test-unit lint typecheck check bench clean
+.PHONY: bootstrap system-deps serve test test-unit lint typecheck check bench compose-smoke clean
 
 bootstrap: $(STAMP)
 
@@ -68,6 +68,11 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 check: lint typecheck
+
+# The container stack end to end (docs/DEPLOY.md "Smoke test"): needs root on Debian; installs
+# and starts a Docker engine itself, builds every image offline and runs `docker compose up`.
+compose-smoke: $(STAMP)
+	PYTHON=$(BIN)/python scripts/compose-smoke.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/modulation.py

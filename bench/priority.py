@@ -5,7 +5,9 @@ default 64) is measured twice with one sequential gold client (one keep-alive co
 next request when the last answer is in, `--requests` each time):
 
 1. idle: nothing else runs;
-2. flood: `wrk` floods bronze from `--connections` (default 128) connections meanwhile.
+2. flood: `wrk` floods bronze from `--connections` (default 128) connections meanwhile: from
+   bronze keys, or with `--flood-from gold-as-bronze` from gold keys lowered to bronze
+   (`X-AIM-Tier: bronze`), which must queue as bronze: the tier served ranks a request, not its key.
 
 The queue serves higher tiers first, and a full queue sheds bronze (503) to make room for gold,
 so gold's wait is bounded by the batch in flight rather than by the flood. Prints gold's p50 /
@@ -14,6 +16,7 @@ p99 both times, gold's errors, bronze's answers by status, `aim_shed_total` by t
     gold p99 idle X ms, flood Y ms, limit max(3 x idle, 25 ms) = Z ms: within|over
 
     python bench/priority.py [--requests 400] [--connections 128] [--queue-size 64]
+                             [--flood-from bronze|gold-as-bronze]
 """
 
 from __future__ import annotations
@@ -74,6 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=128, help="bronze connections")
     parser.add_argument("--queue-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument(
+        "--flood-from",
+        choices=("bronze", "gold-as-bronze"),
+        default="bronze",
+        help="the flood's keys: bronze keys, or gold keys (not the measured client's) lowered "
+        "to bronze with X-AIM-Tier",
+    )
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
     args = parser.parse_args(argv)
     install_sigterm_handler()
@@ -83,8 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         env = subprocess_env({"AIM_QUEUE_SIZE": str(args.queue_size)})
         server, keys = aim_server(work, port, env, keys_per_tier=4)
-        gold = next(k for tier, k in keys if tier == "gold")
-        bronze = write_lines(work / "bronze-keys.txt", [k for tier, k in keys if tier == "bronze"])
+        golds = [k for tier, k in keys if tier == "gold"]
+        gold = golds[0]
+        if args.flood_from == "bronze":
+            flood_keys, lower_to = [k for tier, k in keys if tier == "bronze"], None
+        else:  # the other gold keys, each request asking to be served as bronze
+            flood_keys, lower_to = golds[1:], "bronze"
+        flooders = write_lines(work / "flood-keys.txt", flood_keys)
         bodies_file = write_lines(work / "bodies.txt", bodies)
         with running(server, ready_timeout=120):
             gold_client(port, gold, bodies, 50)  # warm-up
@@ -94,10 +109,11 @@ def main(argv: list[str] | None = None) -> int:
             command = wrk_command(
                 f"http://{HOST}:{port}/predict",
                 bodies_file,
-                bronze,
+                flooders,
                 duration,
                 args.connections,
                 args.threads,
+                tier=lower_to,
             )
             wrk = start_wrk(command, work / "wrk.log")
             time.sleep(2.0)  # the flood is on and the queue full
@@ -113,13 +129,16 @@ def main(argv: list[str] | None = None) -> int:
         "gold_flood_p50_ms": 1000 * statistics.median(flood),
         "gold_flood_p99_ms": flood_p99,
         "gold_errors": idle_errors + flood_errors,
+        "flood_from": args.flood_from,
         "bronze": bronze_result.as_dict(),
         "shed": shed,
     }
     print(f"gold idle:  p50 {figures['gold_idle_p50_ms']:.1f} ms, p99 {idle_p99:.1f} ms")
     print(f"gold flood: p50 {figures['gold_flood_p50_ms']:.1f} ms, p99 {flood_p99:.1f} ms")
     print(f"gold errors: {figures['gold_errors']}; shed by tier: {shed}")
-    print(f"bronze flood ({args.connections} connections): {bronze_result.as_dict()}")
+    print(
+        f"flood from {args.flood_from} ({args.connections} connections): {bronze_result.as_dict()}"
+    )
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2) + "\n")
     verdict = "within" if flood_p99 <= limit and figures["gold_errors"] == 0 else "over"

@@ -4,7 +4,8 @@
 #   1. make sure dockerd runs (installs docker.io/docker-compose with apt, starts dockerd if needed)
 #   2. build the debootstrap base image (scripts/build-base-image.sh) unless it exists
 #   3. build a Prometheus image from Debian's package on that base (deploy/prometheus/Dockerfile.local)
-#   4. download a wheelhouse on the host (pip) and build the service image offline from it
+#   4. download a wheelhouse on the host for the image's own Python (scripts/build-wheelhouse.sh)
+#      and build the service image offline from it
 #   5. create API keys with the image's `aim keys create`, bring up `redis`, two `aim` replicas,
 #      `nginx` in front of them and `prometheus` with compose (redis and nginx: Debian's packages)
 #   6. wait for /readyz and the Docker HEALTHCHECK, call the service through the SDK (aim_client)
@@ -20,7 +21,10 @@
 #   TORCH_SPEC=torch==2.13.0  the torch the wheelhouse takes (pip config decides CPU or CUDA build)
 #   BASE_IMAGE=aim-base:bookworm  AIM_IMAGE=aim-serving:smoke  PROMETHEUS_IMAGE=aim-prometheus:local
 #   KEEP_STACK=1              leave the stack running (tear down: see the last lines printed)
-#   PYTHON=.venv/bin/python   the host Python that downloads wheels (must match the image's X.Y)
+#   PYTHON=.venv/bin/python   the host Python that downloads wheels and runs the SDK
+#
+# Every failure ends with `compose smoke: FAILED in phase "<phase>": <why>` and the phase timings;
+# a machine that cannot run a Docker engine fails in the first phase, saying so.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -65,8 +69,10 @@ end_phase() {
   fi
 }
 
+FAILURE=""
 die() {
-  log "ERROR: $*"
+  FAILURE="in phase \"$PHASE_NAME\": $*"
+  log "ERROR $FAILURE"
   exit 1
 }
 
@@ -98,6 +104,9 @@ dump_logs() {
 cleanup() {
   local rc=$?
   set +e
+  if ((rc != 0)) && [[ -z "$FAILURE" ]]; then
+    FAILURE="in phase \"$PHASE_NAME\": a command exited with status $rc (see the lines above)"
+  fi
   end_phase
   ((rc == 0)) || dump_logs
   if ((STACK_UP)); then
@@ -117,7 +126,7 @@ cleanup() {
   fi
   {
     echo
-    echo "compose smoke: $RESULT in $((SECONDS - START))s (logs in ${LOG_DIR#"$ROOT"/})"
+    echo "compose smoke: $RESULT${FAILURE:+ $FAILURE} in $((SECONDS - START))s (logs in ${LOG_DIR#"$ROOT"/})"
     for line in "${PHASES[@]}"; do echo "  $line"; done
   } >&2
   exit "$rc"
@@ -126,29 +135,31 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- 1. Docker ----------------------------------------------------------------------------------
-phase "docker daemon and compose"
-if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1; then
-  log "installing docker.io"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
+phase "docker engine and compose"
+need=()
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+command -v docker >/dev/null 2>&1 || need+=(docker.io)
+docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1 ||
+  need+=(docker-compose)
+if ((${#need[@]})); then
+  log "installing ${need[*]} (Debian packages)"
+  ((EUID == 0)) || die "not root: cannot install ${need[*]}; install them or run as root"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) iptables; } \
+    >"$LOG_DIR/apt.log" 2>&1 || { tail -n 20 "$LOG_DIR/apt.log" >&2; die "apt-get install ${need[*]} failed"; }
 fi
-if docker compose version >/dev/null 2>&1; then
-  COMPOSE=(docker compose)
-else
-  if ! command -v docker-compose >/dev/null 2>&1; then
-    log "installing docker-compose"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
-  fi
-  COMPOSE=(docker-compose)
-fi
+if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose); else COMPOSE=(docker-compose); fi
 if ! docker info >/dev/null 2>&1; then
   log "starting dockerd (log: ${LOG_DIR#"$ROOT"/}/dockerd.log)"
   dockerd >"$LOG_DIR/dockerd.log" 2>&1 &
   DOCKERD_PID=$!
-  wait_for 60 "dockerd" docker info || die "dockerd did not start; see $LOG_DIR/dockerd.log"
+  if ! wait_for 60 "dockerd" docker info; then
+    tail -n 15 "$LOG_DIR/dockerd.log" >&2
+    kill -0 "$DOCKERD_PID" 2>/dev/null || DOCKERD_PID=""
+    die "cannot start a Docker engine on this machine (dockerd log above): the smoke needs one"
+  fi
 fi
-log "docker $(docker version --format '{{.Server.Version}}'), ${COMPOSE[*]}"
+log "docker engine $(docker version --format '{{.Server.Version}}'), ${COMPOSE[*]}"
 
 # Stop a stack left over by an interrupted run before reusing its name and ports.
 compose down -v --remove-orphans >/dev/null 2>&1 || true
@@ -176,21 +187,15 @@ done
 
 # --- 4. Wheelhouse and service image ------------------------------------------------------------
 phase "wheelhouse"
-[[ -f service/cli/main.py ]] || die "the service package is not there yet (service/cli/main.py missing)"
 PYTHON="${PYTHON:-}"
 if [[ -z "$PYTHON" ]]; then
   if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
 fi
-py_version='import sys; print("%d.%d" % sys.version_info[:2])'
-host_py="$("$PYTHON" -c "$py_version")"
-image_py="$(docker run --rm "$BASE_IMAGE" python3 -c "$py_version")"
-[[ "$host_py" == "$image_py" ]] ||
-  die "host Python $host_py ($PYTHON) differs from the image's $image_py: wheels would not match"
-# pip reuses wheels already in the directory; the resolver still checks every requirement.
-"$PYTHON" -m pip download --quiet --disable-pip-version-check --dest "$WHEELHOUSE" \
-  "$TORCH_SPEC" "$ROOT" "setuptools>=68" wheel >"$LOG_DIR/wheelhouse.log" 2>&1 ||
-  { tail -n 30 "$LOG_DIR/wheelhouse.log" >&2; die "pip download failed"; }
-log "$(find "$WHEELHOUSE" -name '*.whl' | wc -l) wheels, $(du -sh "$WHEELHOUSE" | cut -f1)"
+# Resolved for the image's own interpreter (its environment markers), not the host's.
+PYTHON="$PYTHON" TORCH_SPEC="$TORCH_SPEC" "$ROOT/scripts/build-wheelhouse.sh" "$BASE_IMAGE" \
+  "$WHEELHOUSE" >"$LOG_DIR/wheelhouse.log" 2>&1 ||
+  { tail -n 30 "$LOG_DIR/wheelhouse.log" >&2; die "the wheelhouse could not be built (log above)"; }
+tail -n 1 "$LOG_DIR/wheelhouse.log" >&2
 
 phase "service image $AIM_IMAGE"
 docker build --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$AIM_IMAGE" . >"$LOG_DIR/aim-build.log" 2>&1 ||

@@ -484,7 +484,10 @@ def wrk_command(
     connections: int,
     threads: int,
     timeout: float = 10.0,
+    tier: str | None = None,
 ) -> list[str]:
+    """wrk posting `bodies_file` with the keys of `keys_file` (rotating), each request lowered
+    to `tier` (X-AIM-Tier) when given."""
     command = [
         wrk_binary(),
         f"-t{threads}",
@@ -500,6 +503,10 @@ def wrk_command(
     ]
     if keys_file is not None:
         command.append(str(keys_file))
+        if tier is not None:
+            command.append(tier)
+    elif tier is not None:
+        raise ValueError("a tier to lower to needs keys")
     return command
 
 

@@ -1,10 +1,11 @@
 -- wrk script for the bench: POST every request with the next body and the next API key, tally
 -- the response status codes, and print one machine-readable summary line when wrk is done.
 --
---   wrk -t2 -c32 -d20s --latency -s bench/peers/mixed_keys.lua URL -- BODIES_FILE [KEYS_FILE]
+--   wrk -t2 -c32 -d20s --latency -s bench/peers/mixed_keys.lua URL -- BODIES_FILE [KEYS_FILE [TIER]]
 --
 -- BODIES_FILE: one JSON request body per line. KEYS_FILE: one API key per line (sent as
 -- X-API-Key, rotating per request so the tiers mix); without it no key header is sent (peers).
+-- TIER: sent as X-AIM-Tier on every request (a key lowered to that tier).
 -- All requests are formatted once in init(), so the per-request Lua cost is a table lookup.
 -- The last line of output is `AIMBENCH {json}` with counts, latency percentiles (µs) and the
 -- count of each status code; compare_servers.py and soak.py parse it.
@@ -35,6 +36,7 @@ statuses = {}
 function init(args)
    local bodies = read_lines(args[1])
    local keys = args[2] and read_lines(args[2]) or {}
+   local tier = args[3]
    assert(#bodies > 0, "no request bodies in " .. tostring(args[1]))
    local path = wrk.path
    if path == nil or path == "" or path == "/" then
@@ -48,6 +50,9 @@ function init(args)
       local headers = { ["Content-Type"] = "application/json" }
       if #keys > 0 then
          headers["X-API-Key"] = keys[(i % nk) + 1]
+      end
+      if tier ~= nil and #tier > 0 then
+         headers["X-AIM-Tier"] = tier
       end
       prepared[i + 1] = wrk.format("POST", path, headers, bodies[math.floor(i / nk) + 1])
    end

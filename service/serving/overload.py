@@ -2,7 +2,8 @@
 
 The guard is consulted by the protocol (`server.GuardedHttpTools`) once a request's headers are
 in, before its body is read and before any ASGI work, for `POST /predict` and
-`POST /v2/models/{name}/infer`. It reads the key's tier from the header (one sha256) and:
+`POST /v2/models/{name}/infer`. It reads the tier the request will be served at from the
+headers (the key's tier, one sha256, lowered by `X-AIM-Tier`) and:
 
 - **starts** the request when fewer than `max_in_flight` are running;
 - else lets it **wait**, highest tier first and in arrival order within a tier, for at most
@@ -42,7 +43,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..api.deps import caller_headers, presented_key
+from ..api.deps import TIER_HEADER, caller_headers, presented_key
 from ..api.errors import error_body
 from .server import Headers, Refusal
 
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 _INFER_PREFIX, _INFER_SUFFIX = b"/v2/models/", b"/infer"
 _UNRANKED = 1 << 30
+_TIER_HEADER = TIER_HEADER.encode()
 _RECENT_S = 1.0
 """A tier counts as present for this long after its last request."""
 
@@ -282,14 +284,24 @@ class OverloadGuard:
         self.state.metrics.admission_waiting.set(self.waiting)
 
     def _tier_of(self, headers: Headers) -> tuple[int, str]:
-        """The rank and name of the key's own tier (X-AIM-Tier can only lower it, so this is
-        the most the request can claim); a missing or unknown key ranks below every tier."""
-        key = presented_key(caller_headers(headers))  # the key authentication will take
+        """The rank and name of the tier the request will be served at: the key's own tier,
+        lowered by `X-AIM-Tier` (never raised), read from the headers as authentication will.
+        A gold key that asks to be served as bronze queues as bronze: ranked by its key, its
+        bulk work would push the same key's (or another gold key's) interactive requests back.
+        A missing or unknown key ranks below every tier; a tier header the route will refuse
+        (unknown, or above the key's) ranks by the key alone, the refusal comes from the route."""
+        found = caller_headers(headers)
+        key = presented_key(found)  # the key authentication will take
         tiers = getattr(self.state, "tiers", None)
         if key and tiers is not None:
             record = self.state.keys.lookup(key)
             if record is not None:
                 tier = tiers.resolve(record.tier, None)
+                requested = found.get(_TIER_HEADER, "").strip()
+                if requested and requested in tiers:
+                    lowered = tiers.get(requested)
+                    if lowered.rank > tier.rank:
+                        tier = lowered
                 return tier.rank, tier.name
         return _UNRANKED, "none"
 

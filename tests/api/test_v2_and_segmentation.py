@@ -139,3 +139,41 @@ def test_readiness_follows_the_worker(make_client: Any) -> None:
         c.portal.call(state.batcher.stop)  # type: ignore[union-attr]
         assert c.get("/readyz").json() == {"status": "stopped"}
         assert c.get("/v2/health/ready").status_code == 503
+
+
+def test_the_batcher_queues_each_request_at_the_tier_it_is_served_at(
+    client: TestClient, api_keys: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gold key lowered to bronze (X-AIM-Tier, or OIP's `parameters.tier`) queues as bronze."""
+    batcher = client.app.state.aim.batcher  # type: ignore[attr-defined]
+    queued: list[tuple[int, str]] = []
+    submit = batcher.submit
+
+    async def spy(item: Any, rank: int = 0, tier: str = "", receive: Any = None) -> Any:
+        queued.append((rank, tier))
+        return await submit(item, rank, tier, receive)
+
+    monkeypatch.setattr(batcher, "submit", spy)
+    gold = api_keys["gold"]
+    image = [[0.0] * 8 for _ in range(8)]
+    lowered = {"X-API-Key": gold, "X-AIM-Tier": "bronze"}
+    assert client.post("/predict", json={"inputs": [image]}, headers=lowered).status_code == 200
+    assert (
+        client.post("/predict", json={"inputs": [image]}, headers={"X-API-Key": gold}).json()[
+            "tier"
+        ]
+        == "gold"
+    )
+    r = _infer(client, gold, [0.0] * 64, [1, 8, 8], tier="bronze")
+    assert r.status_code == 200 and r.json()["parameters"]["tier"] == "bronze"
+    ranks = {
+        name: rank
+        for rank, name in enumerate(
+            client.get("/model", headers={"X-API-Key": gold}).json()["tiers"]
+        )
+    }
+    assert queued == [
+        (ranks["bronze"], "bronze"),
+        (ranks["gold"], "gold"),
+        (ranks["bronze"], "bronze"),
+    ]

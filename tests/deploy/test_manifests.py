@@ -463,6 +463,19 @@ def test_compose_scales_aim_behind_nginx_with_shared_redis() -> None:
         assert (ROOT / build["context"] / build["dockerfile"]).is_file()
 
 
+def test_compose_publishes_every_port_on_loopback_by_default() -> None:
+    """The defaults serve the demo keys and secret from this repository: reachable from this
+    machine only, until AIM_BIND says otherwise (docs/DEPLOY.md)."""
+    published = 0
+    for name, service in compose_services(COMPOSE).items():
+        for port in service.get("ports", []):
+            assert isinstance(port, str) and port.startswith("${AIM_BIND:-127.0.0.1}:"), name
+            host, _host_port, _container_port = with_defaults(port).split(":")
+            assert host == "127.0.0.1", name
+            published += 1
+    assert published >= 3  # nginx, prometheus, grafana
+
+
 def test_k8s_replicas_share_the_redis_service() -> None:
     container = aim_container(k8s_object("Deployment"))
     env = {e["name"]: e for e in container["env"]}

@@ -366,6 +366,60 @@ def test_the_guard_ranks_a_request_by_the_key_authentication_takes() -> None:
     assert state.batcher.asked == [(1, "bronze"), (0, "gold"), (1 << 30, "none")]
 
 
+def test_the_guard_ranks_a_request_by_the_tier_it_will_be_served_at() -> None:
+    """X-AIM-Tier lowers the rank (a gold key asking for bronze queues as bronze); it never
+    raises it, and a tier the route will refuse (unknown, above the key's) ranks by the key."""
+    state = fake_state()
+    guard = OverloadGuard(state)
+    cases = [
+        [*GOLD, (b"x-aim-tier", b"bronze")],  # lowered: bronze
+        [*GOLD, (b"x-aim-tier", b" bronze ")],  # as the route strips it
+        [*BRONZE, (b"x-aim-tier", b"gold")],  # raising is refused later: ranked as bronze
+        [*GOLD, (b"x-aim-tier", b"platinum")],  # unknown: 422 later, ranked by the key
+        [*GOLD, (b"x-aim-tier", b"")],  # blank: the key's own tier
+        [*GOLD, (b"x-aim-tier", b"bronze"), (b"x-aim-tier", b"gold")],  # the first one wins
+        [(b"x-aim-tier", b"gold")],  # no key: below every tier whatever it asks
+    ]
+    for headers in cases:
+        guard(b"POST", b"/predict", headers, {})
+    assert state.batcher.asked == [
+        (1, "bronze"),
+        (1, "bronze"),
+        (1, "bronze"),
+        (0, "gold"),
+        (0, "gold"),
+        (1, "bronze"),
+        (1 << 30, "none"),
+    ]
+
+
+async def test_a_gold_key_lowered_to_bronze_waits_behind_gold() -> None:
+    """Past max_in_flight, a waiting gold request starts before a gold key's bronze request
+    that arrived first: the edge orders them by the tier served, not by the key."""
+    state = fake_state(queue_size=4, max_batch_size=1)
+    state.batcher.full = False
+    guard = OverloadGuard(state)
+    guard.max_in_flight = 1
+    first: dict[str, Any] = {}
+    lowered: dict[str, Any] = {}
+    gold: dict[str, Any] = {}
+    assert guard(b"POST", b"/predict", GOLD, first) is None
+    assert guard(b"POST", b"/predict", [*GOLD, (b"x-aim-tier", b"bronze")], lowered) is None
+    assert guard(b"POST", b"/predict", GOLD, gold) is None
+    assert guard.waiting == 2
+    lowered_turn = asyncio.ensure_future(lowered["aim.admission"].wait())
+    gold_turn = asyncio.ensure_future(gold["aim.admission"].wait())
+    first["aim.admission"].release()
+    await asyncio.sleep(0)
+    assert gold_turn.done() and gold_turn.result() is True
+    assert not lowered_turn.done()
+    gold["aim.admission"].release()
+    await asyncio.sleep(0)
+    assert lowered_turn.result() is True
+    lowered["aim.admission"].release()
+    assert guard.in_flight == 0 and guard.waiting == 0
+
+
 def test_by_default_one_batch_runs_while_batches_run_on_the_loop_else_two() -> None:
     state = fake_state(max_batch_size=8)
     guard = OverloadGuard(state)

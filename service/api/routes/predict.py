@@ -35,9 +35,8 @@ async def predict(request: Request, state: State, caller: InferenceCaller) -> Re
     body = await read_model(request, PredictRequest)
     item = await build_item(body.inputs, body.focus, body.top_k, caller, state.settings)
     assert runtime.batcher is not None
-    predictions = await runtime.batcher.submit(
-        item, caller.tier.rank, caller.tier.name, request.receive
-    )
+    served = caller.tiers.get(item.tier)  # the tier policy's verdict: queued at that tier
+    predictions = await runtime.batcher.submit(item, served.rank, served.name, request.receive)
     return json_response(
         {"model": state.name, "tier": item.tier, "task": runtime.task, "predictions": predictions}
     )

@@ -160,7 +160,9 @@ async def _infer(
     except InvalidInput as exc:
         raise _oip_field(exc) from None
     assert state.batcher is not None
-    preds = await state.batcher.submit(item, caller.tier.rank, caller.tier.name, request.receive)
+    # Queued at the tier served: `parameters.tier` in the body may have lowered the header's.
+    served = caller.tiers.get(item.tier)
+    preds = await state.batcher.submit(item, served.rank, served.name, request.receive)
     shape = list(model.adapter.input_spec.shape)
     chosen = select_outputs(_outputs(model.task, preds, shape), body)
     header: dict[str, Any] = {"model_name": state.name, "model_version": VERSION}
