@@ -140,7 +140,8 @@ def load_runtime(
         spec = ModelSpec.from_dict(spec, config.base_dir)
     adapter: Any = model or load_model(spec, device)
     adapter.warmup()
-    calibration = calibration_set(adapter, config.model, config.tiers)
+    images = spec.calibration if isinstance(spec, ModelSpec) else None
+    calibration = calibration_set(adapter, config.model, config.tiers, images)
     cache = CalibrationCache(settings.cache_dir / "calibration.json")
     # Keyed noise is a fixed function: σ is calibrated on the agreement it actually serves.
     served = source if isinstance(source, KeyedNoise) else None
