@@ -36,11 +36,13 @@ async def prepare_inputs(
     sizes: list[tuple[int, int] | None] = []
     for i, item in enumerate(inputs):
         try:
-            if isinstance(item, dict):
-                data = _image_bytes(item, i)
-                array, size = await run_in_threadpool(
-                    decode_image, data, adapter, f"inputs[{i}].image_b64"
+            if isinstance(item, (dict, bytes)):
+                data, field = (
+                    (item, f"inputs[{i}]")
+                    if isinstance(item, bytes)
+                    else (_image_bytes(item, i), f"inputs[{i}].image_b64")
                 )
+                array, size = await run_in_threadpool(decode_image, data, adapter, field)
                 arrays.append(array)
                 sizes.append(size)
                 continue

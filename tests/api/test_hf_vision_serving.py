@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -146,3 +147,35 @@ def test_segformer_masks_at_the_image_size_equal_transformers(
         headers={"X-API-Key": api_keys["gold"], "X-AIM-Tier": "silver"},
     ).json()["predictions"][0]["mask"]
     assert len(noisy) == 480 and noisy != mask
+
+
+def test_oip_bytes_tensors_carry_encoded_images(
+    vit: TestClient, api_keys: dict[str, str], photo: Callable[..., bytes]
+) -> None:
+    images = [photo(200, 150, seed=20), photo(90, 120, seed=21, fmt="PNG")]
+    key = {"X-API-Key": api_keys["gold"]}
+    want = vit.post("/predict", json={"inputs": [_b64(d) for d in images]}, headers=key).json()
+    indices = [p["index"] for p in want["predictions"]]
+    url = f"/v2/models/{want['model']}/infer"
+    tensor = {"name": "image", "shape": [2], "datatype": "BYTES"}
+    as_json = vit.post(
+        url,
+        json={"inputs": [{**tensor, "data": [_b64(d)["image_b64"] for d in images]}]},
+        headers=key,
+    )
+    assert as_json.status_code == 200, as_json.text
+    outputs = {o["name"]: o["data"] for o in as_json.json()["outputs"]}
+    assert outputs["index"] == indices
+    binary = b"".join(len(d).to_bytes(4, "little") + d for d in images)
+    header = json.dumps(
+        {"inputs": [{**tensor, "parameters": {"binary_data_size": len(binary)}}]}
+    ).encode()
+    r = vit.post(
+        url,
+        content=header + binary,
+        headers={**key, "Inference-Header-Content-Length": str(len(header))},
+    )
+    assert r.status_code == 200, r.text
+    assert {o["name"]: o["data"] for o in r.json()["outputs"]}["index"] == indices
+    bad = vit.post(url, json={"inputs": [{**tensor, "shape": [1], "data": ["%%"]}]}, headers=key)
+    assert bad.status_code == 422 and bad.json()["error"].startswith("`inputs[0].data[0]`")

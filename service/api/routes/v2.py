@@ -161,6 +161,12 @@ async def _infer(
         raise _oip_field(exc) from None
     assert state.batcher is not None
     preds = await state.batcher.submit(item, caller.tier.rank, caller.tier.name, request.receive)
+    if model.task == "segmentation" and len({_mask_size(p) for p in preds}) > 1:
+        raise InvalidInput(
+            "`inputs[0].data`: the images of one request have to share a size (the mask is one "
+            "tensor); send them in separate requests",
+            "inputs[0].data",
+        )
     shape = list(model.adapter.input_spec.shape)
     chosen = select_outputs(_outputs(model.task, preds, shape), body)
     header: dict[str, Any] = {"model_name": state.name, "model_version": VERSION}
@@ -204,6 +210,10 @@ def _oip_field(exc: InvalidInput) -> InvalidInput:
     else:
         return exc
     return InvalidInput(message.replace(f"`{field}`", f"`{new}`", 1), new)
+
+
+def _mask_size(pred: dict[str, Any]) -> tuple[int, int]:
+    return len(pred["mask"]), len(pred["mask"][0])
 
 
 def _outputs(task: str, preds: list[dict[str, Any]], shape: list[int]) -> list[OutputTensor]:
