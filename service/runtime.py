@@ -9,7 +9,6 @@ starts the worker on the running event loop.
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from .generation import GenerationScheduler
 from .modulation import FreshNoise, KeyedNoise, NoiseSource, ReplayMemory, SharedRings
 from .observability.metrics import Metrics
 from .serving.batching import Batcher
+from .serving.cpu_threads import choose_threads, half_the_cores
 from .serving.engine import Engine
 from .serving.workers import WorkerContext
 from .settings import Settings
@@ -133,14 +133,17 @@ def load_runtime(
 
     device = resolve_device(settings.device)
     if device.type == "cpu":
-        threads = settings.torch_threads or max(1, (os.cpu_count() or 2) // 2)
-        torch.set_num_threads(threads)
+        torch.set_num_threads(settings.torch_threads or half_the_cores())
     spec: Any = config.model
     if isinstance(spec, dict):
         spec = ModelSpec.from_dict(spec, config.base_dir)
     adapter: Any = model or load_model(spec, device)
     adapter.warmup()
-    calibration = calibration_set(adapter, config.model, config.tiers)
+    if device.type == "cpu" and settings.torch_threads is None:
+        # A compute-bound model gets every core (serving/cpu_threads.py).
+        choose_threads(adapter, settings.forward_on_loop_ms or 10.0)
+    images = spec.calibration if isinstance(spec, ModelSpec) else None
+    calibration = calibration_set(adapter, config.model, config.tiers, images)
     cache = CalibrationCache(settings.cache_dir / "calibration.json")
     # Keyed noise is a fixed function: σ is calibrated on the agreement it actually serves.
     served = source if isinstance(source, KeyedNoise) else None

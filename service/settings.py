@@ -88,8 +88,9 @@ class Settings(BaseSettings):
     """Server processes on the port, each with its own copy of the model; more than one needs
     Redis (AIM_REDIS_URL), so that limits, quotas and usage are counted once for all."""
     torch_threads: int | None = Field(None, ge=1, le=256)
-    """Intra-op threads of the forward pass on CPU. Default: half the cores (at least 1), so
-    the other half serves HTTP; small models batch better than they parallelise."""
+    """Intra-op threads of the forward pass on CPU. Default: every core for a compute-bound
+    model (a warm batch of 8 slower than `forward_on_loop_ms`), else half the cores (at least
+    1), so the other half serves HTTP; small models batch better than they parallelise."""
     log_level: str = "INFO"
     """Level of the JSON logs on stderr."""
 

@@ -125,3 +125,43 @@ def heldout_digits() -> tuple[list[Any], list[int]]:
 
     x, y = digits_splits().heldout
     return [img.tolist() for img in x], [int(v) for v in y]
+
+
+def _script(name: str) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"scripts/{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def hf_vision_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny Hugging Face vision directories with random weights and their image processors
+    (`scripts/make_hf_vision.py`): "vit", "resnet" (ConvNeXt-style crop), "segformer"."""
+    build = _script("make_hf_vision").build
+    root = tmp_path_factory.mktemp("hf_vision")
+    kinds = {"vit": "vit-tiny", "resnet": "resnet-tiny", "segformer": "segformer-tiny"}
+    return {name: build(kind, root / name) for name, kind in kinds.items()}
+
+
+@pytest.fixture(scope="session")
+def photo() -> Callable[..., bytes]:
+    """``photo(width, height, seed=0, fmt="JPEG")``: a smooth random photo-like image, encoded."""
+    return _photo
+
+
+def _photo(width: int, height: int, seed: int = 0, fmt: str = "JPEG") -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    coarse = (rng.random((height // 16 + 2, width // 16 + 2, 3)) * 255).astype(np.uint8)
+    image = Image.fromarray(coarse).resize((width, height), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    return buf.getvalue()

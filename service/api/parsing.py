@@ -15,13 +15,17 @@ from ..modulation import FocusEntry, ModulationArgumentError
 from ..serving.engine import PredictItem
 from ..settings import Settings
 from .deps import Caller
+from .raw_image import RawImage
 from .schemas import FocusItem
 
 _ALL = ("all", "*")
 
 
-async def prepare_inputs(inputs: list[Any], adapter: Any) -> np.ndarray:
-    """Each input prepared by the model adapter, stacked; errors name `inputs[i]...`.
+async def prepare_inputs(
+    inputs: list[Any], adapter: Any
+) -> tuple[np.ndarray, list[tuple[int, int] | None]]:
+    """Each input prepared by the model adapter, stacked, and each one's image size (None for a
+    numeric input); errors name `inputs[i]...`.
 
     An array, not a tensor: no torch call runs on the event loop, where one may give up the GIL
     to the forward thread and then wait for it (the engine makes the batch a tensor)."""
@@ -29,24 +33,34 @@ async def prepare_inputs(inputs: list[Any], adapter: Any) -> np.ndarray:
 
     prepare = getattr(adapter, "prepare_array", None)
     arrays = []
+    sizes: list[tuple[int, int] | None] = []
     for i, item in enumerate(inputs):
         try:
-            if isinstance(item, dict):
-                arrays.append((await run_in_threadpool(_image, item, adapter, i)).numpy())
+            if isinstance(item, (dict, bytes)):
+                data, field = (
+                    (item, f"inputs[{i}]")
+                    if isinstance(item, bytes)
+                    else (_image_bytes(item, i), f"inputs[{i}].image_b64")
+                )
+                array, size = await run_in_threadpool(decode_image, data, adapter, field)
+                arrays.append(array)
+                sizes.append(size)
+                continue
             elif prepare is not None:
                 arrays.append(prepare(item))
             else:
                 arrays.append(adapter.prepare(item).numpy())
+            sizes.append(None)
         except InputError as exc:
             raise InvalidInput(
                 f"`inputs[{i}]{exc.field}`: {exc.reason}", f"inputs[{i}]{exc.field}"
             ) from None
     if not arrays:
         raise InvalidInput("`inputs`: give at least one input", "inputs")
-    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
+    return (arrays[0][None] if len(arrays) == 1 else np.stack(arrays)), sizes
 
 
-def _image(item: dict[str, Any], adapter: Any, i: int) -> torch.Tensor:
+def _image_bytes(item: dict[str, Any], i: int) -> bytes:
     extra = set(item) - {"image_b64"}
     if extra or not isinstance(item.get("image_b64"), str):
         raise InvalidInput(
@@ -64,22 +78,29 @@ def _image(item: dict[str, Any], adapter: Any, i: int) -> torch.Tensor:
                 f"inputs[{i}].image_b64",
             )
     try:
-        data = base64.b64decode(text, validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidInput(
             f"`inputs[{i}].image_b64`: is not valid base64; send the base64 of the PNG or JPEG "
             "file (standard alphabet, with padding)",
             f"inputs[{i}].image_b64",
         ) from None
+
+
+def decode_image(data: bytes, adapter: Any, field: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """Encoded image bytes → the network's input (an array) and the image's own H×W; an
+    undecodable image is a 422 naming ``field``."""
     from ..models.errors import InputError
 
     try:
+        sized = getattr(adapter, "decode_image_sized", None)
+        if sized is not None:
+            array, size = sized(data)
+            return array, size
         tensor: torch.Tensor = adapter.decode_image(data)
+        return tensor.numpy(), (int(tensor.shape[-2]), int(tensor.shape[-1]))
     except InputError as exc:
-        raise InvalidInput(
-            f"`inputs[{i}].image_b64`: {exc.reason}", f"inputs[{i}].image_b64"
-        ) from None
-    return tensor
+        raise InvalidInput(f"`{field}`: {exc.reason}", field) from None
 
 
 def focus_entries(
@@ -137,6 +158,38 @@ def check_region(entries: list[FocusEntry], shape: tuple[int, ...]) -> None:
             )
 
 
+async def _admit(
+    items: int,
+    focus: list[FocusItem],
+    top_k: int | None,
+    caller: Caller,
+    settings: Settings,
+    tier: str | None,
+) -> tuple[Caller, list[FocusEntry], int]:
+    """Admit at the tier, check focus and top_k: cheap refusals before any decoding work."""
+    caller = await caller.admit(items, bool(focus), tier)
+    adapter = caller.runtime.adapter
+    entries = focus_entries(focus, adapter.labels, adapter.task, settings.max_focus_entries)
+    if adapter.task == "segmentation":
+        check_region(entries, tuple(adapter.input_spec.shape))
+    k = 1 if top_k is None else top_k
+    if top_k is None:
+        k = min(3, len(adapter.labels))
+    if k > len(adapter.labels):
+        raise InvalidInput(f"`top_k`: {k} is more than the {len(adapter.labels)} classes", "top_k")
+    return caller, entries, k
+
+
+async def build_image_item(raw: RawImage, caller: Caller, settings: Settings) -> PredictItem:
+    """``build_item`` for a raw image body: one image, knobs from headers or query."""
+    caller, entries, k = await _admit(1, raw.focus, raw.top_k, caller, settings, raw.tier)
+    adapter = caller.runtime.adapter
+    array, size = await run_in_threadpool(decode_image, raw.data, adapter, "body")
+    return PredictItem(
+        array[None], caller.tier.name, caller.tier.sigma, caller.seed, entries, k, sizes=[size]
+    )
+
+
 async def build_item(
     inputs: list[Any],
     focus: list[FocusItem],
@@ -147,15 +200,9 @@ async def build_item(
 ) -> PredictItem:
     """Admit the request at its tier (``tier``, when the body names one, lowers it), then
     decode: cheap refusals come before any decoding work."""
-    caller = await caller.admit(len(inputs), bool(focus), tier)
+    caller, entries, k = await _admit(len(inputs), focus, top_k, caller, settings, tier)
     adapter = caller.runtime.adapter
-    entries = focus_entries(focus, adapter.labels, adapter.task, settings.max_focus_entries)
-    if adapter.task == "segmentation":
-        check_region(entries, tuple(adapter.input_spec.shape))
-    k = 1 if top_k is None else top_k
-    if top_k is None:
-        k = min(3, len(adapter.labels))
-    if k > len(adapter.labels):
-        raise InvalidInput(f"`top_k`: {k} is more than the {len(adapter.labels)} classes", "top_k")
-    tensor = await prepare_inputs(inputs, adapter)
-    return PredictItem(tensor, caller.tier.name, caller.tier.sigma, caller.seed, entries, k)
+    array, sizes = await prepare_inputs(inputs, adapter)
+    return PredictItem(
+        array, caller.tier.name, caller.tier.sigma, caller.seed, entries, k, sizes=sizes
+    )

@@ -1,9 +1,10 @@
 """What each model kind calibrates on: a ``CalibrationSet`` (the cache key's inputs and the
 logits, computed on demand).
 
-A vision model calibrates on its unlabeled calibration inputs (the shipped models' split; user
-models have none and take raw `sigma` tiers), a generation model on the teacher-forced steps of
-its calibration text, each step cut to a shortlist of its largest logits.
+A vision model calibrates on its unlabeled calibration inputs (the shipped models' split; a user
+model's ``calibration:`` folder of images, else it takes raw `sigma` tiers), a generation model on
+the teacher-forced steps of its calibration text, each step cut to a shortlist of its largest
+logits.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..config import TierConfig
@@ -41,28 +44,59 @@ class CalibrationSet:
 
 
 def calibration_set(
-    adapter: Any, model: str | dict[str, Any], tiers: Sequence[TierConfig]
+    adapter: Any,
+    model: str | dict[str, Any],
+    tiers: Sequence[TierConfig],
+    images: Path | None = None,
 ) -> CalibrationSet:
-    """What ``adapter`` calibrates on, by model kind (``model`` is the config's model entry)."""
+    """What ``adapter`` calibrates on, by model kind (``model`` is the config's model entry,
+    ``images`` the spec's ``calibration:`` folder)."""
     if adapter.task == "generation":
         return generation_calibration(adapter, [t.utility for t in tiers if t.utility is not None])
-    return vision_calibration(adapter, model)
+    return vision_calibration(adapter, model, images)
 
 
-def vision_calibration(adapter: Any, model: str | dict[str, Any]) -> CalibrationSet:
-    """A shipped vision model calibrates on its unlabeled calibration split; a user model has no
-    calibration data."""
+def vision_calibration(
+    adapter: Any, model: str | dict[str, Any], images: Path | None = None
+) -> CalibrationSet:
+    """A shipped vision model calibrates on its unlabeled calibration split, a user model on its
+    folder of calibration images (decoded as requests are: the model's own resize and crop);
+    without one it has no calibration data."""
     from ..models import calibration_inputs
     from ..models.shipped import SHIPPED
 
-    if not (isinstance(model, str) and model in SHIPPED):
+    if isinstance(model, str) and model in SHIPPED:
+        inputs = calibration_inputs(model)
+    elif images is not None:
+        inputs = image_folder_inputs(images, adapter)
+    else:
         return CalibrationSet(adapter.fingerprint(), None, None)
-    inputs = calibration_inputs(model)
 
     def logits() -> torch.Tensor:
         return adapter.forward(inputs.to(adapter.device)).cpu()
 
     return CalibrationSet(adapter.fingerprint(), inputs, logits, served=True)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def image_folder_inputs(folder: Path, adapter: Any) -> torch.Tensor:
+    """The PNG/JPEG images of ``folder`` (sorted by name) as the network's inputs; InputError
+    names the folder when it has none, or the file that does not decode."""
+    if not folder.is_dir():
+        raise InputError("model.calibration", str(folder), "is not a folder of images")
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError("model.calibration", str(folder), "has no .png/.jpg/.jpeg images")
+    arrays = []
+    for file in files:
+        try:
+            arrays.append(adapter.decode_image_sized(file.read_bytes())[0])
+        except (InputError, OSError) as exc:
+            reason = exc.reason if isinstance(exc, InputError) else str(exc)
+            raise InputError("model.calibration", str(file), f"{file.name}: {reason}") from None
+    return torch.from_numpy(np.stack(arrays))
 
 
 def generation_calibration(lm: Any, targets: Sequence[float]) -> CalibrationSet:

@@ -54,8 +54,14 @@ def forward_all(adapter: Any, inputs: torch.Tensor) -> torch.Tensor:
 
 
 def read_inputs(path: Path, adapter: Any) -> torch.Tensor:
-    """Unlabeled inputs from .npy or .pt, each prepared (and validated) by the adapter."""
+    """Unlabeled inputs from .npy or .pt, each prepared (and validated) by the adapter, or a
+    folder of PNG/JPEG images decoded as requests are."""
     import numpy as np
+
+    if path.is_dir():
+        from ..calibration.data import image_folder_inputs
+
+        return image_folder_inputs(path, adapter)
 
     if path.suffix == ".npy":
         raw: Any = np.load(path, allow_pickle=False)

@@ -71,7 +71,11 @@ def _add_calibrate(sub: Any) -> None:
     cal.add_argument(
         "--targets", type=floats, required=True, help="target agreements, e.g. 0.9,0.75,0.5"
     )
-    cal.add_argument("--inputs", type=Path, help="unlabeled calibration inputs (.npy or .pt)")
+    cal.add_argument(
+        "--inputs",
+        type=Path,
+        help="unlabeled calibration inputs (.npy, .pt, or a folder of PNG/JPEG images)",
+    )
     cal.add_argument("--out", type=Path, help="write the results as JSON")
     cal.set_defaults(handler=_lazy("calibrate_command"))
 

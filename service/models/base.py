@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from .device import resolve_device
 from .graphs import traced
-from .images import decode_image, image_side_limit
+from .images import decode_image, decode_image_sized, image_side_limit
+from .preprocess import ImagePreprocessor
 from .spec import InputSpec, Task
 from .vision_inputs import checked_item
 
@@ -36,7 +37,10 @@ class VisionModel:
     module has no state dict. ``graphs`` runs the module's ``forward`` and
     ``forward_with_embedding`` as traced graphs (``graphs.py``), made at their first call on
     each device; only for networks whose control flow depends on shapes alone (the shipped
-    ones), and the weights must not change after that first call.
+    ones), and the weights must not change after that first call. ``preprocessor`` (a Hugging
+    Face model's image processor) replaces the squashing resize of images; ``native_output``
+    keeps a segmenter's logits at the network's own resolution (the engine resizes each row to
+    its image, as ``transformers``' post-processing does).
     """
 
     def __init__(
@@ -51,6 +55,8 @@ class VisionModel:
         fixed_batch: int | None = None,
         source: str | None = None,
         graphs: bool = False,
+        preprocessor: ImagePreprocessor | None = None,
+        native_output: bool = False,
     ) -> None:
         if task not in VISION_TASKS:
             raise ValueError(f"task: {task!r} is not one of {', '.join(VISION_TASKS)}")
@@ -64,6 +70,8 @@ class VisionModel:
         self.fixed_batch = fixed_batch
         self.source = source
         self.graphs = graphs
+        self.preprocessor = preprocessor
+        self.native_output = native_output
         self._graphs: dict[str, Callable[[torch.Tensor], Any] | None] = {}
         self.device = torch.device("cpu")
         self._fingerprint: str | None = None
@@ -101,7 +109,14 @@ class VisionModel:
         Images above 4096×4096 pixels are refused from their header, before decoding, and
         images with a side above ``max_image_side()`` before converting.
         """
-        return decode_image(data, self.input_spec, self.max_image_side())
+        if self.preprocessor is None:
+            return decode_image(data, self.input_spec, self.max_image_side())
+        return torch.from_numpy(self.decode_image_sized(data)[0])
+
+    def decode_image_sized(self, data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
+        """``decode_image`` as a float32 array, and the image's own H×W."""
+        spec, side = self.input_spec, self.max_image_side()
+        return decode_image_sized(data, spec, side, self.preprocessor)
 
     def max_image_side(self) -> int:
         """The largest image side decoded for this model: 8× its input side (at least 512);
@@ -183,7 +198,7 @@ class VisionModel:
                 f"model {self.name!r} returned logits of shape {shape}; expected {layout} with "
                 f"N={n} and K={self.num_classes} (one per label)"
             )
-        if want == 4 and shape[2:] != self.input_spec.shape[1:]:
+        if want == 4 and not self.native_output and shape[2:] != self.input_spec.shape[1:]:
             out = F.interpolate(out.float(), size=self.input_spec.shape[1:], mode="bilinear")
         return out.to(self.device, torch.float32)
 

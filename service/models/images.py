@@ -4,6 +4,7 @@ keep a hostile image cheap (size from the header, decoding bounded by the model'
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -34,6 +35,22 @@ def decode_image(data: bytes, spec: InputSpec, max_side: int) -> torch.Tensor:
     pixels are refused from their header, before decoding; images with a side above
     ``max_side`` (after a JPEG's reduced-scale draft) before converting.
     """
+    return torch.from_numpy(decode_image_sized(data, spec, max_side)[0])
+
+
+def decode_image_sized(
+    data: bytes,
+    spec: InputSpec,
+    max_side: int,
+    preprocessor: Callable[[Image.Image], np.ndarray] | None = None,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """``decode_image`` as a float32 array, and the image's own H×W (a segmenter's mask size).
+
+    With ``preprocessor`` (a Hugging Face model's processor, ``preprocess.py``) the decoded RGB
+    image goes through it instead of the squashing resize, and a JPEG is decoded at full scale
+    unless it is above ``max_side``: a reduced-scale draft changes the pixels, and the model's own
+    processor sees the full image.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InputError("", type(data).__name__, _NOT_AN_IMAGE)
     channels, height, width = spec.shape
@@ -54,11 +71,13 @@ def decode_image(data: bytes, spec: InputSpec, max_side: int) -> torch.Tensor:
                 (w, h),
                 f"is a {w}×{h} image, more than {MAX_IMAGE_SIDE}×{MAX_IMAGE_SIDE} pixels",
             )
-        if image.format == "JPEG":
+        if image.format == "JPEG" and (preprocessor is None or max(w, h) > max_side):
             image.draft(mode, (width, height))  # decode big JPEGs at a reduced scale
         _check_decoded_size(image.size, spec, max_side)
         try:
             converted = image.convert(mode)
+            if preprocessor is not None:
+                return preprocessor(converted), (h, w)
             shrinking = converted.width >= width and converted.height >= height
             resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
             resized = converted.resize((width, height), resample)
@@ -67,7 +86,7 @@ def decode_image(data: bytes, spec: InputSpec, max_side: int) -> torch.Tensor:
             raise InputError("", f"{len(data)} bytes", _NOT_AN_IMAGE) from exc
     pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     raw = spec.low + (spec.high - spec.low) * (pixels / 255.0)
-    return spec.normalize(raw)
+    return spec.normalize_array(raw), (h, w)
 
 
 def _check_decoded_size(size: tuple[int, int], spec: InputSpec, limit: int) -> None:

@@ -1,5 +1,6 @@
 """Loading a model: a shipped name, a ``ModelSpec``, a config file, a model file that carries its
-metadata, or a local Hugging Face directory (a generation model)."""
+metadata, or a local Hugging Face directory (an image classifier or semantic segmenter,
+``hf_vision.py``, or a causal LM, ``causal_lm.py``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from .base import VisionModel
 from .causal_lm import CausalLM
 from .errors import ModelLoadError, describe_value
+from .hf_vision import hf_task, load_hf_vision
 from .loaders import (
     fixed_batch_size,
     load_export_with_metadata,
@@ -30,10 +32,12 @@ def load_model(
 ) -> VisionModel | CausalLM:
     """A shipped model's name, a ``ModelSpec``, a config file (.yaml/.yml/.json with a ``model``
     entry), a model file (TorchScript, or .pt2 for torch.export) that carries its metadata, or a
-    local Hugging Face directory (a generation model, loaded as a ``CausalLM``)."""
+    local Hugging Face directory (a vision model, or a causal LM loaded as a ``CausalLM``)."""
     if isinstance(model, ModelSpec):
         if model.task == "generation":
             return _load_causal_lm(model, device)
+        if model.loader == "huggingface":
+            return load_hf_vision(model.path, device, model.name)
         return _load_spec(model, device)
     if isinstance(model, str) and model in SHIPPED:
         return load_shipped(model, device)
@@ -43,6 +47,8 @@ def load_model(
             str(model), f"no such file, and not a shipped model ({', '.join(SHIPPED)})", "model"
         )
     if path.is_dir():
+        if hf_task(path) != "generation":
+            return load_hf_vision(path, device)
         spec = ModelSpec(task="generation", loader="huggingface", path=str(path.resolve()))
         spec.name = path.resolve().name
         return _load_causal_lm(spec, device)

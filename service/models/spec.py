@@ -67,6 +67,9 @@ class ModelSpec(BaseModel):
     name: str = Field(default=None, validate_default=True)
     """Defaults to the file's stem (the function's name for the factory loader)."""
     options: dict[str, Any] = Field(default_factory=dict)
+    calibration: Path | None = None
+    """A folder of unlabeled images (PNG/JPEG) that `utility:` tiers of a vision model
+    calibrate on."""
 
     @check("task", mode="before")
     @classmethod
@@ -77,8 +80,21 @@ class ModelSpec(BaseModel):
 
     @check_model(mode="before")
     @classmethod
-    def _infer_loader(cls, data: Any) -> Any:
-        if not isinstance(data, Mapping) or data.get("loader") is not None:
+    def _infer_loader(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        if data.get("loader") == "huggingface" and data.get("task") is None:
+            # The directory's config names the task (its architecture's head).
+            from .hf_vision import hf_task
+
+            path = data.get("path")
+            if not isinstance(path, str) or not path.strip():
+                raise ValueError("path: a Hugging Face directory is needed to infer the task")
+            try:
+                return {**data, "task": hf_task(resolve_path(path, _base(info)))}
+            except ModelLoadError as exc:
+                raise ValueError(f"task: not given and not inferred: {exc}") from None
+        if data.get("loader") is not None:
             return data
         task, path = data.get("task"), data.get("path")
         if task == "generation":
@@ -99,11 +115,8 @@ class ModelSpec(BaseModel):
         if loader not in LOADERS:
             raise ValueError(f"{describe_value(loader)} is not one of {', '.join(LOADERS)}")
         task = info.data.get("task")
-        if task is not None and (task == "generation") != (loader == "huggingface"):
-            hint = (
-                "(use huggingface)" if task == "generation" else "(huggingface is for generation)"
-            )
-            raise ValueError(f"{loader!r} cannot load a {task} model {hint}")
+        if task == "generation" and loader != "huggingface":
+            raise ValueError(f"{loader!r} cannot load a {task} model (use huggingface)")
         return loader
 
     @check("path", mode="before")
@@ -154,7 +167,11 @@ class ModelSpec(BaseModel):
         task = info.data.get("task")
         if task == "generation" and value is not None:
             raise ValueError("generation models take a prompt, not an input")
+        if info.data.get("loader") == "huggingface" and value is not None:
+            raise ValueError("a Hugging Face model's input comes from its image processor")
         if task is not None and task != "generation" and value is None:
+            if info.data.get("loader") == "huggingface":
+                return None
             raise ValueError("missing (e.g. {shape: [3, 224, 224]})")
         return value
 
@@ -169,6 +186,17 @@ class ModelSpec(BaseModel):
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"{describe_value(name)} is not a name")
         return name.strip()
+
+    @check("calibration", mode="before")
+    @classmethod
+    def _calibration(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        if info.data.get("task") == "generation":
+            raise ValueError("generation models calibrate on options.calibration_text")
+        if not isinstance(value, str | Path) or not str(value).strip():
+            raise ValueError(f"{describe_value(value)} is not a folder of images")
+        return resolve_path(str(value), _base(info))
 
     @check("options", mode="before")
     @classmethod
@@ -205,6 +233,8 @@ class ModelSpec(BaseModel):
         out["name"] = self.name
         if self.options:
             out["options"] = self.options
+        if self.calibration is not None:
+            out["calibration"] = str(self.calibration)
         return out
 
     def read_labels(self) -> list[str] | None:

@@ -48,6 +48,9 @@ class PredictItem:
     focus: list[FocusEntry] = field(default_factory=list)
     top_k: int = 1
     queue_wait: float = 0.0
+    sizes: list[tuple[int, int] | None] | None = None
+    """Per row, the H×W its segmentation mask is answered at (an image's own size; None: the
+    model's input size)."""
 
     @property
     def rows(self) -> int:
@@ -198,12 +201,16 @@ class Engine:
         return results
 
     def _segment(self, out: torch.Tensor, items: Sequence[PredictItem]) -> list[Any]:
-        masks = out.argmax(dim=1)  # N×H×W
-        n, c = out.shape[0], out.shape[1]
-        counts = torch.zeros(n, c, dtype=torch.int64, device=masks.device).scatter_add_(
-            1, masks.view(n, -1), torch.ones_like(masks.view(n, -1))
-        )
-        masks_l, counts_l = masks.cpu().tolist(), counts.cpu().tolist()
+        sizes = [size for it in items for size in (it.sizes or [None] * it.rows)]
+        if all(size is None or size == tuple(out.shape[2:]) for size in sizes):
+            masks_l, counts_l = _masks(out)
+        else:  # rows of other sizes: each one's (modulated) logits resized to its image
+            default = tuple(self.model.input_spec.shape[1:])
+            masks_l, counts_l = [], []
+            for r, size in enumerate(sizes):
+                mask, count = _masks(resized_logits(out[r : r + 1], size or default))
+                masks_l += mask
+                counts_l += count
         results, row = [], 0
         for it in items:
             preds = [
@@ -216,3 +223,21 @@ class Engine:
             results.append(preds)
             row += it.rows
         return results
+
+
+def resized_logits(logits: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """N×K×h×w logits at H×W: bilinear, as transformers' semantic segmentation post-processing
+    resizes a segmenter's logits to the image before its argmax."""
+    if tuple(logits.shape[2:]) == tuple(size):
+        return logits
+    return torch.nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def _masks(out: torch.Tensor) -> tuple[list[Any], list[list[int]]]:
+    """Class-index masks (N×H×W lists) and per-class pixel counts of N×K×H×W logits."""
+    masks = out.argmax(dim=1)  # N×H×W
+    n, c = out.shape[0], out.shape[1]
+    counts = torch.zeros(n, c, dtype=torch.int64, device=masks.device).scatter_add_(
+        1, masks.view(n, -1), torch.ones_like(masks.view(n, -1))
+    )
+    return masks.cpu().tolist(), counts.cpu().tolist()

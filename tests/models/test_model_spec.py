@@ -38,7 +38,14 @@ def _input(**changes: Any) -> dict[str, Any]:
         ),
         ({k: v for k, v in BASE.items() if k != "task"}, "model.task: missing"),
         (_with(loader="onnx"), 'model.loader: "onnx" is not one of torchscript, export, factory'),
-        (_with(loader="huggingface"), "model.loader: 'huggingface' cannot load a classification"),
+        (
+            _with(loader="huggingface"),
+            "model.input: a Hugging Face model's input comes from its image processor",
+        ),
+        (
+            {"loader": "huggingface", "path": "/nowhere"},
+            "model: task: not given and not inferred",
+        ),
         (_with(task="generation"), "model.loader: 'torchscript' cannot load a generation model"),
         (_with(path=None), "model.path: null is not a file path"),
         (_with(path=""), 'model.path: "" is not a file path'),

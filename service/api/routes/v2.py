@@ -163,6 +163,12 @@ async def _infer(
     # Queued at the tier served: `parameters.tier` in the body may have lowered the header's.
     served = caller.tiers.get(item.tier)
     preds = await state.batcher.submit(item, served.rank, served.name, request.receive)
+    if model.task == "segmentation" and len({_mask_size(p) for p in preds}) > 1:
+        raise InvalidInput(
+            "`inputs[0].data`: the images of one request have to share a size (the mask is one "
+            "tensor); send them in separate requests",
+            "inputs[0].data",
+        )
     shape = list(model.adapter.input_spec.shape)
     chosen = select_outputs(_outputs(model.task, preds, shape), body)
     header: dict[str, Any] = {"model_name": state.name, "model_version": VERSION}
@@ -206,6 +212,10 @@ def _oip_field(exc: InvalidInput) -> InvalidInput:
     else:
         return exc
     return InvalidInput(message.replace(f"`{field}`", f"`{new}`", 1), new)
+
+
+def _mask_size(pred: dict[str, Any]) -> tuple[int, int]:
+    return len(pred["mask"]), len(pred["mask"][0])
 
 
 def _outputs(task: str, preds: list[dict[str, Any]], shape: list[int]) -> list[OutputTensor]:

@@ -11,6 +11,8 @@ elements are each a 4-byte little-endian length then the UTF-8 bytes, as Triton 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import gzip
 import math
 import zlib
@@ -122,8 +124,9 @@ class InferRequest(BaseModel):
 @dataclass(frozen=True)
 class ParsedInfer:
     body: InferRequest
-    items: list[np.ndarray]
-    """One array per item of the batch (the first axis of the input's shape)."""
+    items: list[np.ndarray] | list[bytes]
+    """One array per item of the batch (the first axis of the input's shape), or one encoded
+    image per item for a `BYTES` input."""
 
 
 def decompress(raw: bytes, encoding: str | None, limit: int) -> bytes:
@@ -163,6 +166,8 @@ def parse_infer(raw: bytes, header_length: str | None) -> ParsedInfer:
         raise invalid_input(errors) from None
     tensor = body.inputs[0]
     size = (tensor.parameters or {}).get("binary_data_size")
+    if tensor.datatype == "BYTES":
+        return ParsedInfer(body, image_items(tensor, size, binary))
     if size is None:
         if binary:
             raise InvalidInput(
@@ -196,6 +201,53 @@ def _refuse_headerless_binary(raw: bytes) -> None:
             "(the length of the JSON part of the body)",
             "Inference-Header-Content-Length",
         )
+
+
+def image_items(tensor: InferTensor, size: Scalar | None, binary: bytes) -> list[bytes]:
+    """A `BYTES` input of shape [N] (or [N, 1]): one encoded image (PNG/JPEG) per item, as
+    base64 strings in `data`, or as binary data where each element is a 4-byte little-endian
+    length and that many bytes (the protocol's binary `BYTES` layout)."""
+    shape = tensor.shape
+    if not (1 <= len(shape) <= 2 and shape[0] >= 1 and (len(shape) == 1 or shape[1] == 1)):
+        raise InvalidInput(
+            f"`inputs[0].shape`: {shape} is not [N] (one encoded image per item)",
+            "inputs[0].shape",
+        )
+    count = shape[0]
+    if size is None:
+        data = tensor.data
+        if not isinstance(data, list) or len(data) != count:
+            raise InvalidInput(
+                f"`inputs[0].data`: send {count} base64 strings, one encoded image each",
+                "inputs[0].data",
+            )
+        images = []
+        for i, value in enumerate(data):
+            try:
+                if not isinstance(value, str):
+                    raise ValueError
+                images.append(base64.b64decode(value, validate=True))
+            except (binascii.Error, ValueError):
+                field = f"inputs[0].data[{i}]"
+                raise InvalidInput(f"`{field}`: is not a base64 string", field) from None
+        return images
+    field = "inputs[0].parameters.binary_data_size"
+    if isinstance(size, bool) or not isinstance(size, int) or size != len(binary):
+        raise InvalidInput(
+            f"`{field}`: is {size!r}, but {len(binary)} bytes follow the JSON header", field
+        )
+    images, at = [], 0
+    for i in range(count):
+        if at + 4 > len(binary):
+            raise InvalidInput(f"`{field}`: the data ends before element {i}'s length", field)
+        n = int.from_bytes(binary[at : at + 4], "little")
+        if at + 4 + n > len(binary):
+            raise InvalidInput(f"`{field}`: element {i} runs past the data", field)
+        images.append(binary[at + 4 : at + 4 + n])
+        at += 4 + n
+    if at != len(binary):
+        raise InvalidInput(f"`{field}`: {len(binary) - at} bytes follow the last element", field)
+    return images
 
 
 def _check_shape(tensor: InferTensor) -> int:

@@ -1,0 +1,252 @@
+"""Real-size vision models: `aim serve` against LitServe and the model's own batched forward,
+in one run, per model, as ratios.
+
+Models (random weights from transformers configs; no hub): ViT-Ti/16 (hidden 192, 12 layers,
+3 heads, 224², 1,000 classes) and ResNet-50 (ResNetConfig's defaults, ConvNeXt-style 224 crop),
+each saved with `save_pretrained` next to its image processor (scripts/make_hf_vision.py), and
+exported with `torch.export` (dynamic batch, `aim.json` inside) for the file loader. `--small`
+swaps in tiny shapes (the test runs that; its figures mean nothing).
+
+Per model, one server at a time on 127.0.0.1, each under the same load: `--clients` keep-alive
+connections in a closed loop (bench/peers/loadgen.py), each request one 640×480 JPEG (cycling
+over 16 distinct photo-like images):
+
+- ours-hf:     `aim serve` of `model: {loader: huggingface, path: DIR}`, auth on, keyed noise,
+               three tiers; the JPEG as a raw `image/jpeg` body.
+- ours-json:   the same server, the JPEG as `{"inputs": [{"image_b64": ...}]}` (LitServe's body).
+- ours-export: `aim serve` of the exported .pt2 file (its own squashing resize), raw body.
+- litserve:    bench/peers/litserve_hf.py on the same directory: transformers' processor, batch
+               `--batch`, 2 ms, fresh noise; JSON body.
+- forward:     the raw batched forward of the same network in this process (batch `--batch`,
+               every core), in images/s: what the cores can do with no serving at all.
+
+Prints a table and ends, per model, with the line
+
+    <model>: ours/litserve req/s ratio: X.XX, ours/forward share: Y.YY
+
+(ours = ours-hf with raw bodies, 2xx req/s; the share is of the forward's images/s).
+
+    python bench/real_model.py [--models vit,resnet50] [--seconds 10] [--warmup 3] [--clients 8]
+                               [--batch 8] [--device cpu|cuda] [--small] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers.harness import (
+    HOST,
+    PEERS,
+    REPO,
+    BenchError,
+    Server,
+    free_port,
+    install_sigterm_handler,
+    make_keys,
+    run_main,
+    running,
+)
+from peers.loadgen import prepare, run_load
+
+MODELS = {
+    "vit": ("vit", "vit-tiny"),
+    "resnet50": ("resnet50", "resnet-tiny"),
+    "vit-b16": ("vit-b16", "vit-tiny"),
+}
+TIERS = {"gold": {"utility": 1.0}, "silver": {"sigma": 2.0}, "bronze": {"sigma": 6.0}}
+SECRET = "bench-secret"
+IMAGES = 16
+
+
+def photos(count: int, width: int = 640, height: int = 480) -> list[bytes]:
+    """Distinct photo-like JPEGs (smooth colour fields with detail), quality 90."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(count):
+        coarse = (rng.random((height // 32, width // 32, 3)) * 255).astype(np.uint8)
+        base = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+        pixels = np.asarray(base, dtype=np.int16) + rng.integers(-12, 13, (height, width, 3))
+        buf = io.BytesIO()
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def build_models(kind: str, workdir: Path) -> tuple[Path, Path]:
+    """The HF directory and its torch.export file (dynamic batch, aim.json inside)."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location(
+        "make_hf_vision", REPO / "scripts/make_hf_vision.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    directory = module.build(kind, workdir / kind)
+    from service.models import load_model, metadata_json
+
+    model = load_model(directory)
+    example = torch.zeros(2, *model.input_spec.shape)
+    batch = torch.export.Dim("batch", min=1, max=256)
+    program = torch.export.export(
+        model.module, (example,), dynamic_shapes={"pixel_values": {0: batch}}
+    )
+    file = workdir / f"{kind}.pt2"
+    meta = metadata_json(model.task, model.labels, model.input_spec, name=f"{kind}-export")
+    torch.export.save(program, str(file), extra_files={"aim.json": meta})
+    return directory, file
+
+
+def forward_rate(directory: Path, batch: int, seconds: float, device: str) -> float:
+    """Images/s of the network's own batched forward (every core), prepared inputs."""
+    import torch
+
+    from service.models import load_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = load_model(directory, device)
+    x = torch.randn(batch, *model.input_spec.shape)
+    model.forward(x)  # warm
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        model.forward(x)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        done += batch
+    return done / (time.perf_counter() - t0)
+
+
+def aim(name: str, model: str, workdir: Path, device: str) -> tuple[Server, str]:
+    import yaml
+
+    config = workdir / f"{name}.yaml"
+    entry: Any = {"loader": "huggingface", "path": model} if name == "ours-hf" else model
+    config.write_text(yaml.safe_dump({"model": entry, "tiers": TIERS}, sort_keys=False))
+    keys_file = workdir / f"{name}-keys.yaml"
+    keys_file.unlink(missing_ok=True)
+    key = make_keys(keys_file, ["gold"], 1)[0][1]
+    port = free_port()
+    command = [sys.executable, "-m", "service.cli", "serve", "--config", str(config)]
+    command += ["--keys-file", str(keys_file), "--host", HOST, "--port", str(port)]
+    command += ["--device", device]
+    env = {"AIM_SECRET": SECRET, "AIM_NOISE": "keyed", "AIM_CACHE_DIR": str(workdir / "cache")}
+    server = Server(name, command, port, "/readyz", workdir / f"{name}.log", env=env)
+    return server, key
+
+
+def litserve(directory: Path, workdir: Path, device: str, batch: int) -> Server:
+    port = free_port()
+    command = [sys.executable, str(PEERS / "litserve_hf.py"), str(port), str(directory), device]
+    command.append(str(batch))
+    return Server("litserve", command, port, "/health", workdir / "litserve.log")
+
+
+def requests(images: list[bytes], key: str | None, raw: bool) -> list[bytes]:
+    out = []
+    for data in images:
+        headers = {"X-API-Key": key} if key else {}
+        if raw:
+            body, headers["Content-Type"] = data, "image/jpeg"
+        else:
+            payload = {"inputs": [{"image_b64": base64.b64encode(data).decode()}]}
+            body, headers["Content-Type"] = json.dumps(payload).encode(), "application/json"
+        out.append(prepare("/predict", f"{HOST}", body, headers))
+    return out
+
+
+def measure(server: Server, reqs: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
+    result = asyncio.run(run_load(HOST, server.port, reqs, args.clients, args.seconds, args.warmup))
+    out = result.as_dict()
+    non_2xx = sum(n for code, n in result.statuses.items() if not 200 <= code < 300)
+    out["errors"] = result.errors + non_2xx
+    return out
+
+
+def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    kind = MODELS[name][1 if args.small else 0]
+    directory, exported = build_models(kind, workdir)
+    images = photos(IMAGES)
+    rows: dict[str, Any] = {}
+    ready = 600.0
+    server, key = aim("ours-hf", str(directory), workdir, args.device)
+    with running(server, ready):
+        rows["ours-hf"] = measure(server, requests(images, key, raw=True), args)
+        rows["ours-json"] = measure(server, requests(images, key, raw=False), args)
+    server, key = aim("ours-export", str(exported), workdir, args.device)
+    with running(server, ready):
+        rows["ours-export"] = measure(server, requests(images, key, raw=True), args)
+    peer = litserve(directory, workdir, args.device, args.batch)
+    with running(peer, ready):
+        rows["litserve"] = measure(peer, requests(images, None, raw=False), args)
+    rows["forward"] = {
+        "ok_rps": round(forward_rate(directory, args.batch, args.seconds, args.device), 1)
+    }
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="vit,resnet50")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--small", action="store_true", help="tiny shapes (a smoke run)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    install_sigterm_handler()
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        raise BenchError(f"--models: {unknown[0]!r} is not one of {', '.join(MODELS)}")
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="aim-real-model-") as tmp:
+        for name in names:
+            results[name] = bench_model(name, args, Path(tmp))
+    lines = []
+    for name, rows in results.items():
+        print(f"\n{name} ({args.device}, {args.clients} clients, {args.seconds:g} s, 640×480 JPEG)")
+        print(f"{'server':<12} {'2xx req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+        for server, row in rows.items():
+            print(
+                f"{server:<12} {row['ok_rps']:>10.1f} {row.get('p50_ms', 0):>8.1f} "
+                f"{row.get('p99_ms', 0):>8.1f} {row.get('errors', 0):>7}"
+            )
+        ours, peer, fwd = (
+            rows["ours-hf"]["ok_rps"],
+            rows["litserve"]["ok_rps"],
+            rows["forward"]["ok_rps"],
+        )
+        lines.append(
+            f"{name}: ours/litserve req/s ratio: {ours / peer if peer else float('inf'):.2f}, "
+            f"ours/forward share: {ours / fwd if fwd else 0.0:.2f}"
+        )
+    if args.out:
+        args.out.write_text(
+            json.dumps({"args": vars(args) | {"out": str(args.out)}, "results": results}, indent=2)
+        )
+    print()
+    for line in lines:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
