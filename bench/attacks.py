@@ -4,8 +4,12 @@
 
 * many keys: 21 bronze keys each ask the 200 held-out images once; majority vote across keys;
 * exact replay: one key asks 32 times; vote;
-* augmentations: 32 label-preserving copies per image, per family and mixed (bench/augment.py),
-  with the original asked first or not (a fresh server each), one request per copy; vote;
+* augmentations: 32 label-preserving copies per image, per family alone and mixed, and two
+  transforms the digest was not trained on (bench/augment.py), with the original asked first or
+  never (a fresh memory each), one request per copy; vote. On one server (its own memory) and,
+  with ``--replicas N``, on N app instances each with its own engine, sharing one real
+  ``redis-server`` (started here, on a free port) as the replay memory, the copies spread over
+  them round-robin;
 * irrelevant fields: top_k, a 1e-6 focus entry, PNG instead of numbers, one image per request
   instead of 200, the tier header, OIP v2 instead of /predict: share of labels that change;
 * honest utility: all 1,797 digits, a bronze key and a gold key lowered to bronze, agreement with
@@ -17,6 +21,7 @@ A gain is vote accuracy minus the mean accuracy of the answers voted on (what on
 gets); "vs orig" is against the original image's answer. Ends with one line of vote gains.
 
     python bench/attacks.py [--secret S] [--images 200] [--copies 32] [--families all|mixed]
+        [--replicas 4] [--skip digits,fields,honest,scenes]
 """
 
 from __future__ import annotations
@@ -24,16 +29,20 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import shutil
+import socket
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from augment import FAMILIES, augment, worst_class
+from augment import FAMILIES, UNSEEN, augment, worst_class
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -49,13 +58,59 @@ CACHE = Path(tempfile.mkdtemp(prefix="aim-attacks-"))
 
 
 @contextmanager
-def server(model: str, secret: bytes) -> Iterator[TestClient]:
+def redis_server() -> Iterator[str]:
+    """A throwaway real ``redis-server`` on a free port, no persistence; yields its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("--replicas needs redis-server on PATH (apt-get install redis-server)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        import redis
+
+        client = redis.Redis(port=port)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextmanager
+def replicas(model: str, secret: bytes, n: int, redis_url: str | None) -> Iterator[list[Any]]:
+    """``n`` fresh apps; with ``redis_url`` they share its replay memory (flushed first)."""
+    if redis_url is not None:
+        import redis
+
+        redis.Redis.from_url(redis_url).flushdb()
+    with ExitStack() as stack:
+        yield [stack.enter_context(server(model, secret, redis_url)) for _ in range(n)]
+
+
+@contextmanager
+def server(model: str, secret: bytes, redis_url: str | None = None) -> Iterator[TestClient]:
     """A fresh app (empty replay memory) for ``model``; calibration is cached across apps."""
     config = {"model": model, "tiers": {"gold": {"utility": 1.0}, "bronze": {"utility": 0.65}}}
     store = KeyStore(
         [KeyRecord(k, "gold" if k == "gold" else "bronze", hash_key(v)) for k, v in KEYS.items()]
     )
-    settings = Settings(cache_dir=CACHE, device="cpu", max_items=2048, max_batch_size=256)
+    settings = Settings(
+        cache_dir=CACHE,
+        device="cpu",
+        max_items=2048,
+        max_batch_size=256,
+        redis_url=redis_url,
+    )
     app = create_app(settings, ServiceConfig.from_dict(config), store, secret=secret)
     with TestClient(app, raise_server_exceptions=False) as client:
         while client.get("/readyz").status_code != 200:
@@ -101,7 +156,6 @@ def digits_attacks(args: argparse.Namespace, table: list[str], gains: dict[str, 
     raw = (x[: args.images, 0] * 16).numpy()
     truth = y[: args.images].numpy()
     lists = raw.tolist()
-    families = (*FAMILIES, "mixed") if args.families == "all" else ("mixed",)
     with server("digits", args.secret) as client:
         keys = [ask(client, f"bronze-{i}", lists) for i in range(21)]
         s, v, g = gain(keys, truth)
@@ -111,24 +165,49 @@ def digits_attacks(args: argparse.Namespace, table: list[str], gains: dict[str, 
         s, v, g = gain(replay, truth)
         row(table, "digits: exact replay ×32", s, v, g)
         gains["replay"] = g
-    for first in (True, False):
+    families = (
+        (*FAMILIES, "mixed", *UNSEEN) if args.families == "all" else tuple(args.families.split(","))
+    )
+    setups: list[tuple[int, str | None]] = [(1, None)]
+    with ExitStack() as stack:
+        if args.replicas > 1:
+            setups.append((args.replicas, stack.enter_context(redis_server())))
         for family in families:
-            with server("digits", args.secret) as client:
-                orig = ask(client, "bronze-0", lists) if first else None
-                gen = torch.Generator().manual_seed(
-                    FAMILIES.index(family) if family in FAMILIES else 99
-                )
-                copies = [
-                    ask(client, "bronze-0", augment(torch.as_tensor(raw), family, gen).tolist())
-                    for _ in range(args.copies)
-                ]
-            s, v, g = gain(copies, truth)
-            note = (
-                f"vs orig {100 * (v - np.mean(orig == truth)):+.1f} pp" if orig is not None else ""
-            )
-            row(table, f"digits: {family}{'' if first else ', alone'}", s, v, g, note)
-            if family == "mixed":
-                gains["mixed" if first else "mixed/alone"] = g
+            table.append(f"| **{family}** | | | | |")
+            print(table[-1], flush=True)
+            for n, url in setups:
+                for first in [w == "first" for w in args.first.split(",")]:
+                    where = "1 replica" if n == 1 else f"{n} replicas, Redis"
+                    name = f"{family}, {where}, original {'first' if first else 'never'}"
+                    g = family_vote(args, raw, truth, family, n, url, first, table, name)
+                    gains[f"{family}/{n}{'' if first else '/alone'}"] = g
+
+
+def family_vote(
+    args: argparse.Namespace,
+    raw: np.ndarray,
+    truth: np.ndarray,
+    family: str,
+    n: int,
+    url: str | None,
+    first: bool,
+    table: list[str],
+    name: str,
+) -> float:
+    """One row: ``args.copies`` copies of ``family`` spread round-robin over ``n`` fresh apps."""
+    gen = torch.Generator().manual_seed(
+        (*FAMILIES, *UNSEEN).index(family) if family != "mixed" else 99
+    )
+    with replicas("digits", args.secret, n, url) as clients:
+        orig = ask(clients[-1], "bronze-0", raw.tolist()) if first else None
+        copies = [
+            ask(clients[j % n], "bronze-0", augment(torch.as_tensor(raw), family, gen).tolist())
+            for j in range(args.copies)
+        ]
+    s, v, g = gain(copies, truth)
+    note = f"vs orig {100 * (v - np.mean(orig == truth)):+.1f} pp" if orig is not None else ""
+    row(table, name, s, v, g, note)
+    return g
 
 
 def png(image: np.ndarray) -> dict[str, str]:
@@ -241,7 +320,13 @@ def main() -> None:
     parser.add_argument("--secret", default="bench-attacks")
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--copies", type=int, default=32)
-    parser.add_argument("--families", choices=["all", "mixed"], default="all")
+    parser.add_argument("--families", default="all", help="all, or a comma list of families")
+    parser.add_argument("--replicas", type=int, default=4, help="1: one server only")
+    parser.add_argument(
+        "--first",
+        default="first,never",
+        help="ask the original first, never, or both (first,never)",
+    )
     parser.add_argument("--scenes", type=int, default=32)
     parser.add_argument("--scene-keys", type=int, default=21)
     parser.add_argument("--skip", default="", help="comma list of: digits,fields,honest,scenes")
@@ -260,6 +345,10 @@ def main() -> None:
     if "scenes" not in skip:
         scenes_attacks(args, table, gains)
     print("vote gains: " + ", ".join(f"{k} {v:+.1f} pp" for k, v in gains.items()))
+    alone = {k: v for k, v in gains.items() if "/" in k}
+    if alone:
+        worst = max(alone, key=lambda k: alone[k])
+        print(f"worst family vote gain: {worst} {alone[worst]:+.1f} pp")
     sys.stdout.flush()
 
 

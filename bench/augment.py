@@ -1,8 +1,11 @@
 """Label-preserving augmentations of raw images (N×H×W in [0, high]), as an attacker would use.
 
-Families (each seeded, so every figure reproduces): 1-pixel shifts, brightness ×0.85–1.15,
-contrast ×0.85–1.15 about the image mean, jitter of std up to 10% of the range, dropped pixels
-(5% set to 0), slight blur (a 3×3 Gaussian of σ 0.5 mixed in). ``mixed`` draws a family per copy.
+Families (each seeded, so every figure reproduces): 1-pixel shifts (8 directions), brightness
+×0.85–1.15, contrast ×0.85–1.15 about the image mean, jitter of std up to 10% of the range, two
+dropped bright pixels (``drop2``), dropped pixels (5% set to 0), slight blur (a 3×3 Gaussian of
+σ 0.5 mixed in). ``mixed`` draws a family per copy. ``UNSEEN`` are label-preserving transforms
+the digest was not trained on (gamma 0.8–1.25, a 2×2 patch erased), to check invariance beyond
+the list.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import torch.nn.functional as F
 
 from service.modulation import sigma_for_agreement, survival_probability
 
-FAMILIES = ("shift", "brightness", "contrast", "jitter", "dropout", "blur")
+FAMILIES = ("shift", "brightness", "contrast", "jitter", "drop2", "dropout", "blur")
+UNSEEN = ("gamma", "erase")
 
 
 def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -56,12 +60,28 @@ def augment(x: torch.Tensor, family: str, gen: torch.Generator, high: float = 16
     elif family == "jitter":
         std = 0.10 * high * torch.rand(n, 1, 1, generator=gen)
         out = x + std * torch.randn(x.shape, generator=gen)
+    elif family == "drop2":
+        # Two of the image's bright pixels (above half the range) set to 0.
+        flat = x.reshape(n, -1)
+        score = torch.rand(flat.shape, generator=gen) * (flat > high / 2)
+        top = score.topk(2, dim=1).indices
+        out = flat.scatter(1, top, 0.0).reshape(x.shape)
+    elif family == "gamma":
+        out = high * (x / high) ** (0.8 + 0.45 * torch.rand(n, 1, 1, generator=gen))
+    elif family == "erase":
+        out = x.clone()
+        h, w = x.shape[-2:]
+        rows = torch.randint(0, h - 1, (n,), generator=gen)
+        cols = torch.randint(0, w - 1, (n,), generator=gen)
+        for i in range(n):
+            out[i, rows[i] : rows[i] + 2, cols[i] : cols[i] + 2] = 0
     elif family == "dropout":
         out = x * (torch.rand(x.shape, generator=gen) >= 0.05)
     elif family == "blur":
         out = x + (0.3 + 0.4 * torch.rand(n, 1, 1, generator=gen)) * (_blur(x) - x)
     else:
-        raise ValueError(f"family: {family!r} is not one of {', '.join(FAMILIES)}, mixed")
+        names = ", ".join((*FAMILIES, *UNSEEN))
+        raise ValueError(f"family: {family!r} is not one of {names}, mixed")
     return out.clamp(0.0, high)
 
 

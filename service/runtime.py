@@ -21,7 +21,14 @@ from .calibration.data import calibration_set
 from .calibration.sigmas import tier_sigmas
 from .config import ServiceConfig
 from .generation import GenerationScheduler
-from .modulation import FreshNoise, KeyedNoise, NoiseSource, ReplayMemory, SharedRings
+from .modulation import (
+    DigestEncoder,
+    FreshNoise,
+    KeyedNoise,
+    NoiseSource,
+    ReplayMemory,
+    SharedRings,
+)
 from .observability.metrics import Metrics
 from .serving.batching import Batcher
 from .serving.cpu_threads import choose_threads, half_the_cores
@@ -52,6 +59,23 @@ def model_name(model: str | dict[str, Any]) -> str:
     return str(name)
 
 
+def replay_memory(settings: Settings, source: NoiseSource, metrics: Metrics) -> Any:
+    """The replay memory: in Redis with ``AIM_REDIS_URL`` (one for every worker and replica; the
+    worker's own memory serves while Redis fails), else the workers' shared file or None (the
+    engine keeps its own)."""
+    local = worker_memory()
+    if settings.redis_url is None or not isinstance(source, KeyedNoise):
+        return local
+    from .serving.replay_redis import RedisReplayMemory
+
+    return RedisReplayMemory(
+        settings.redis_url.get_secret_value(),
+        source.namespace(),
+        local if local is not None else ReplayMemory(),
+        on_error=metrics.observe_replay_error,
+    )
+
+
 def worker_memory() -> ReplayMemory | None:
     """A worker's replay memory on the file its parent made (`aim serve --workers N`), so all
     workers remember queries as one; None outside workers (the engine keeps its own)."""
@@ -71,6 +95,9 @@ class Runtime:
     adapter: Any
     tiers: TierTable
     source: NoiseSource
+    digest: DigestEncoder | None = None
+    digest_info: dict[str, str] | None = None
+    """What ``GET /model`` says about the replay digest (None: no replay memory)."""
     engine: Engine | None = None
     batcher: Batcher[Any] | None = None
     generator: GenerationScheduler | None = None
@@ -94,7 +121,8 @@ class Runtime:
             self.generator = GenerationScheduler(self.adapter, self.source, metrics, **queue)
             self.generator.start()
         else:
-            self.engine = Engine(self.adapter, self.source, metrics, worker_memory())
+            memory = replay_memory(settings, self.source, metrics)
+            self.engine = Engine(self.adapter, self.source, metrics, memory, self.digest)
             on_cpu = getattr(self.adapter, "device", torch.device("cpu")).type == "cpu"
             bound = settings.forward_on_loop_ms / 1000.0
             self.batcher = Batcher(
@@ -130,6 +158,7 @@ def load_runtime(
 ) -> Runtime:
     """Load (or take the preloaded ``model``), warm up and calibrate the tiers; blocking."""
     from .models import ModelSpec, load_model, resolve_device
+    from .models.digests import model_digest
 
     device = resolve_device(settings.device)
     if device.type == "cpu":
@@ -142,10 +171,11 @@ def load_runtime(
     if device.type == "cpu" and settings.torch_threads is None:
         # A compute-bound model gets every core (serving/cpu_threads.py).
         choose_threads(adapter, settings.forward_on_loop_ms or 10.0)
+    digest, digest_info = model_digest(spec, adapter, device)
     images = spec.calibration if isinstance(spec, ModelSpec) else None
     calibration = calibration_set(adapter, config.model, config.tiers, images)
     cache = CalibrationCache(settings.cache_dir / "calibration.json")
     # Keyed noise is a fixed function: σ is calibrated on the agreement it actually serves.
     served = source if isinstance(source, KeyedNoise) else None
     tiers = build_tiers(config.tiers, tier_sigmas(config.tiers, calibration, cache, served))
-    return Runtime(model_name(config.model), adapter, tiers, source)
+    return Runtime(model_name(config.model), adapter, tiers, source, digest, digest_info)

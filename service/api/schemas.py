@@ -134,6 +134,9 @@ class ModelInfo(BaseModel):
     input: dict[str, Any]
     tiers: list[str]
     tier: str
+    digest: dict[str, str] | None = None
+    """The replay memory's digest: ``{"kind": "encoder", "source", "fingerprint", "threshold"}``,
+    or ``{"kind": "fallback", "source"}`` (a weaker one); null for tasks without the memory."""
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

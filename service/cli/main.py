@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from . import accounts as cli_accounts
+from . import digest as cli_digest
 from .flags import add_settings_flags, floats
 from .serve import serve_command
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_keys(sub)
     _add_calibrate(sub)
     _add_eval(sub)
+    cli_digest.add_command(sub)
     return parser
 
 

@@ -70,6 +70,9 @@ class ModelSpec(BaseModel):
     calibration: Path | None = None
     """A folder of unlabeled images (PNG/JPEG) that `utility:` tiers of a vision model
     calibrate on."""
+    digest: Path | None = None
+    """The replay digest encoder (``aim digest train``); without one the tier's replay memory
+    keys on a weaker digest (the penultimate layer, or the centred logits)."""
 
     @check("task", mode="before")
     @classmethod
@@ -198,6 +201,15 @@ class ModelSpec(BaseModel):
             raise ValueError(f"{describe_value(value)} is not a folder of images")
         return resolve_path(str(value), _base(info))
 
+    @check("digest", mode="before")
+    @classmethod
+    def _digest(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or isinstance(value, Path):
+            return value
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{describe_value(value)} is not a path (aim digest train)")
+        return resolve_path(value, _base(info))
+
     @check("options", mode="before")
     @classmethod
     def _options(cls, options: Any) -> Any:
@@ -226,6 +238,8 @@ class ModelSpec(BaseModel):
         out: dict[str, Any] = {"task": self.task, "loader": self.loader, "path": self.path}
         if self.weights is not None:
             out["weights"] = str(self.weights)
+        if self.digest is not None:
+            out["digest"] = str(self.digest)
         if self.labels is not None:
             out["labels"] = str(self.labels) if isinstance(self.labels, Path) else self.labels
         if self.input is not None:

@@ -18,6 +18,7 @@ from .calibration import (
     survival_probability,
     valid_cached_sigma,
 )
+from .digest import DigestEncoder, load_digest, save_digest
 from .errors import ModulationArgumentError
 from .focus import FocusEntry, apply_focus, focus_field
 from .memory import ReplayMemory
@@ -29,6 +30,7 @@ from .utility import add_utility_noise
 __all__ = [
     "MAX_SIGMA",
     "BatchModulation",
+    "DigestEncoder",
     "FocusEntry",
     "FreshNoise",
     "KeyedNoise",
@@ -41,8 +43,10 @@ __all__ = [
     "decisions",
     "expected_agreement",
     "focus_field",
+    "load_digest",
     "modulate",
     "predicted_accuracy",
+    "save_digest",
     "served_agreement",
     "served_noise",
     "sigma_for_agreement",

@@ -146,6 +146,11 @@ class KeyedNoise:
             seed = self._tier_seeds[tier] = self._derive("tier", tier)
         return seed
 
+    def namespace(self) -> str:
+        """A hex name derived from the secret (not revealing it): scopes shared state, such as
+        the replay memory in Redis, to the servers that share this secret."""
+        return f"{self._derive('namespace'):016x}"
+
     def seeds(self, tiers: list[str]) -> torch.Tensor:
         """Seeds for a batch of rows, given each row's tier name, as an int64 tensor."""
         return torch.tensor([self.tier_seed(t) for t in tiers], dtype=torch.int64)

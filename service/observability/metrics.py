@@ -110,6 +110,17 @@ class Metrics:
             multiprocess_mode="max",  # every worker calibrates the same σ
         )
         self.tokens = Counter("aim_tokens_generated", "Tokens generated", ["tier"], registry=r)
+        self.replay_rows = Counter(
+            "aim_replay_rows",
+            "Rows looked up in the replay memory, by whether they reused a remembered input's cell",
+            ["tier", "result"],
+            registry=r,
+        )
+        self.replay_errors = Counter(
+            "aim_replay_memory_errors",
+            "Batches the shared replay memory (Redis) failed for and the replica's own served",
+            registry=r,
+        )
         self.ttft = Histogram(
             "aim_time_to_first_token_seconds",
             "Time to first token",
@@ -150,6 +161,15 @@ class Metrics:
             if child is None:
                 child = children[tier] = self.queue_wait.labels(tier)
             child.observe(wait)
+
+    @_safe
+    def observe_replay(self, tier: str, rows: int, matched: int) -> None:
+        self.replay_rows.labels(tier, "matched").inc(matched)
+        self.replay_rows.labels(tier, "new").inc(rows - matched)
+
+    @_safe
+    def observe_replay_error(self) -> None:
+        self.replay_errors.inc()
 
     @_safe
     def set_queue_depth(self, depth: int) -> None:

@@ -24,6 +24,7 @@ import torch
 from ..errors import ServiceError
 from ..modulation import (
     BatchModulation,
+    DigestEncoder,
     FocusEntry,
     KeyedNoise,
     NoiseSource,
@@ -79,7 +80,8 @@ class Engine:
         model: Any,
         source: NoiseSource,
         metrics: Metrics,
-        memory: ReplayMemory | None = None,
+        memory: ReplayMemory | Any | None = None,
+        digest: DigestEncoder | None = None,
     ) -> None:
         self.model = model
         self.source = source
@@ -88,7 +90,13 @@ class Engine:
         keyed = isinstance(source, KeyedNoise) and model.task == "classification"
         # Not `memory or ...`: an empty memory has len 0 and is falsy.
         self.memory = (memory if memory is not None else ReplayMemory()) if keyed else None
-        if self.memory is not None and self.memory.centre is None:
+        self.digest = digest.to(model.device) if digest is not None and keyed else None
+        if self.memory is not None and self.digest is not None:
+            # The digest's unit vectors need no centre; its training chose the threshold.
+            self.memory.threshold = self.digest.threshold
+            if hasattr(self.memory, "scope"):
+                self.memory.scope(self.digest.fingerprint())
+        elif self.memory is not None and self.memory.centre is None:
             self.memory.centre = self._embedding_centre()
 
     def run(self, items: Sequence[PredictItem]) -> list[Any]:
@@ -142,6 +150,9 @@ class Engine:
         """Logits, and the replay memory's embedding when this engine keeps a memory."""
         if self.memory is None:
             return self.model.forward(x), None
+        if self.digest is not None:
+            with torch.inference_mode():
+                return self.model.forward(x), self.digest(x)
         embed = getattr(self.model, "forward_with_embedding", None)
         if embed is not None:
             logits, embedding = embed(x)
@@ -175,12 +186,24 @@ class Engine:
             return cells
         tiers = [per_row[r].tier for r in rows]
         if len(rows) == len(per_row):
-            return self.memory.assign(tiers, embedding, logits.argmax(dim=1), cells)
+            served = self.memory.assign(tiers, embedding, logits.argmax(dim=1), cells)
+            self._count(tiers, served != cells)
+            return served
         idx = torch.tensor(rows, device=logits.device)
-        cells[idx] = self.memory.assign(
-            tiers, embedding[idx], logits[idx].argmax(dim=1), cells[idx]
-        )
+        served = self.memory.assign(tiers, embedding[idx], logits[idx].argmax(dim=1), cells[idx])
+        self._count(tiers, served != cells[idx])
+        cells[idx] = served
         return cells
+
+    def _count(self, tiers: list[str], matched: torch.Tensor) -> None:
+        """Rows per tier that reused a remembered input's cell (``aim_replay_rows_total``)."""
+        per: dict[str, list[int]] = {}
+        for tier, hit in zip(tiers, matched.tolist(), strict=True):
+            counts = per.setdefault(tier, [0, 0])
+            counts[0] += 1
+            counts[1] += int(hit)
+        for tier, (rows, hits) in per.items():
+            self.metrics.observe_replay(tier, rows, hits)
 
     def _classify(self, out: torch.Tensor, items: Sequence[PredictItem]) -> list[Any]:
         k = min(max(it.top_k for it in items), out.shape[1])

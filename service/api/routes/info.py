@@ -27,6 +27,7 @@ async def model_info(state: State, caller: CurrentCaller) -> Response:
             "input": spec,
             "tiers": caller.allowed,
             "tier": caller.tier.name,
+            "digest": caller.runtime.digest_info,
         }
     )
 
