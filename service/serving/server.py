@@ -358,9 +358,11 @@ def serve(
     limits: ServerLimits,
     refuse: Refuse | None = None,
     sock: socket.socket | None = None,
+    on_server: Callable[[uvicorn.Server], None] | None = None,
 ) -> None:
     """Run `app` on uvicorn with the guarded protocol and, when given, the refusal hook; on
-    ``sock`` (a worker's inherited listening socket) instead of binding host:port."""
+    ``sock`` (a worker's inherited listening socket) instead of binding host:port.
+    ``on_server`` gets the server before it runs (to stop it: ``server.should_exit = True``)."""
     # The forward thread releases the GIL in every torch op and must take it back from the
     # event loop each time; with the default 5 ms switch interval a busy loop (overload) makes
     # each of those dozens of ops per batch wait up to 5 ms, and goodput collapses.
@@ -379,4 +381,7 @@ def serve(
         timeout_keep_alive=max(1, round(limits.keep_alive_s)),
         timeout_graceful_shutdown=30,
     )
-    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
+    server = uvicorn.Server(config)
+    if on_server is not None:
+        on_server(server)
+    server.run(sockets=[sock] if sock is not None else None)
