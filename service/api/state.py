@@ -3,7 +3,9 @@ FastAPI's life cycle.
 
 Loading (model, warm-up, tier calibration; see ``service/runtime.py``) runs in the background
 after start-up, so `/healthz` answers at once and `/readyz` turns 200 only when the model can
-serve.
+serve. A load or a worker start that fails is logged in one line (`load_error`), makes
+`/healthz` fail (a liveness probe then restarts the pod) and calls `on_load_failure`, with which
+`aim serve` stops with a non-zero exit.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import gc
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..access.accounting import Accounting
@@ -49,6 +52,8 @@ class AppState:
         self._preloaded = model
         self.runtime: Runtime | None = None
         self.load_error: str | None = None
+        self.on_load_failure: Callable[[str], None] | None = None
+        """Called once with `load_error` when loading or the worker's start fails."""
         self._loader: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
 
@@ -66,10 +71,13 @@ class AppState:
                 load_runtime, self.settings, self.config, self.source, self._preloaded
             )
         except Exception as exc:
-            self.load_error = f"{type(exc).__name__}: {exc}"
-            log.exception("model failed to load")
+            self._failed("model failed to load", exc)
             return
-        runtime.start(self.settings, self.metrics)
+        try:
+            runtime.start(self.settings, self.metrics)
+        except Exception as exc:  # e.g. the workers' shared memory file cannot be opened
+            self._failed("model runtime failed to start", exc)
+            return
         self.runtime = runtime
         # Everything loaded so far lives as long as the process: move it out of the collector's
         # sight, so full collections under load scan only per-request garbage (shorter pauses).
@@ -86,6 +94,26 @@ class AppState:
                 "load_s": round(time.perf_counter() - started, 2),
             },
         )
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        # One line an operator can act on (the loaders name the file and the problem); the
+        # traceback only at DEBUG.
+        self.load_error = f"{what}: {type(exc).__name__}: {exc}"
+        log.error(what, extra={"error": f"{type(exc).__name__}: {exc}"})
+        log.debug("load failure", exc_info=exc)
+        if self.on_load_failure is not None:
+            try:
+                self.on_load_failure(self.load_error)
+            except Exception:
+                log.exception("on_load_failure hook failed")
+
+    @property
+    def alive(self) -> bool:
+        """Liveness: not failed to load, and a started worker still runs (a runtime that is
+        still loading is alive)."""
+        if self.load_error is not None:
+            return False
+        return self.runtime is None or self.runtime.alive
 
     async def stop(self) -> None:
         if self._loader is not None and not self._loader.done():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -105,9 +105,28 @@ def serve_command(args: argparse.Namespace) -> int:
     from ..serving.overload import OverloadGuard
     from ..serving.server import limits_from, serve
 
-    guard = OverloadGuard(app.state.aim)
+    state = app.state.aim
+    guard = OverloadGuard(state)
     sock = worker.listening_socket() if worker is not None else None
-    serve(guard.gate(app), settings.host, settings.port, limits_from(settings), guard, sock=sock)
+
+    def stop_if_load_fails(server: Any) -> None:
+        # A server that can never serve must not look alive: stop, and exit non-zero below (a
+        # worker's supervisor then restarts it; k8s or compose restart the container).
+        state.on_load_failure = lambda _: setattr(server, "should_exit", True)
+
+    serve(
+        guard.gate(app),
+        settings.host,
+        settings.port,
+        limits_from(settings),
+        guard,
+        sock=sock,
+        on_server=stop_if_load_fails,
+    )
+    if state.load_error:
+        where = f" (config {settings.config})" if settings.config else ""
+        print(f"aim serve: {state.load_error}{where}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -96,6 +96,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.admission_in_flight = Gauge(
+            "aim_admission_in_flight",
+            "Inference requests admitted at the edge and not yet ended",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.shed = Counter(
             "aim_shed",
             "Requests a full queue refused, or displaced for a higher tier's",

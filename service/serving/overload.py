@@ -42,10 +42,13 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import httptools
 
 from ..api.deps import TIER_HEADER, caller_headers, presented_key
 from ..api.errors import error_body
-from .server import Headers, Refusal
+from .server import RELEASE, Headers, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,14 @@ class Admission:
         if self.running:
             self.running = False
             self.guard._finished(self.rank)
+
+    def abandon(self) -> None:
+        """The request ended or will never run (the protocol's `RELEASE`): free its slot, or
+        leave the waiting room. Idempotent."""
+        if self.running:
+            self.release()
+        elif self.guard._remove(self) and self.future is not None and not self.future.done():
+            self.future.set_result(False)
 
 
 class OverloadGuard:
@@ -157,7 +168,7 @@ class OverloadGuard:
         batcher = getattr(self.state, "batcher", None)
         if batcher is None:
             return None
-        path = url.split(b"?", 1)[0]
+        path = _path(url)
         if path == b"/predict":
             route = "/predict"
         elif path.startswith(_INFER_PREFIX) and path.endswith(_INFER_SUFFIX):
@@ -182,6 +193,7 @@ class OverloadGuard:
         elif not self._park(admission):
             return self._refuse(route, tier)
         scope["aim.admission"] = admission
+        scope[RELEASE] = admission.abandon
         return None
 
     # Running, waiting, ending ---
@@ -209,6 +221,7 @@ class OverloadGuard:
     def _run(self, admission: Admission) -> None:
         admission.running = True
         self.running[admission.rank] = self.running.get(admission.rank, 0) + 1
+        self._gauge()
 
     def _park(self, admission: Admission) -> bool:
         if self.waiting >= self.max_waiting:
@@ -248,6 +261,7 @@ class OverloadGuard:
     def _finished(self, rank: int) -> None:
         self.running[rank] -= 1
         self._drain()
+        self._gauge()
 
     def _drain(self) -> None:
         """Start waiters, highest tier first, while they may run."""
@@ -281,7 +295,9 @@ class OverloadGuard:
             self._logged_at, self._logged_count = now, self.refused
 
     def _gauge(self) -> None:
-        self.state.metrics.admission_waiting.set(self.waiting)
+        metrics = self.state.metrics
+        metrics.admission_waiting.set(self.waiting)
+        metrics.admission_in_flight.set(self.in_flight)
 
     def _tier_of(self, headers: Headers) -> tuple[int, str]:
         """The rank and name of the tier the request will be served at: the key's own tier,
@@ -326,6 +342,16 @@ class OverloadGuard:
                 admission.release()
 
         return gated
+
+
+def _path(url: bytes) -> bytes:
+    """The path uvicorn will route: without query or fragment, percent-decoded (so that
+    `/%70redict` or `/predict#x` cannot pass the guard)."""
+    try:
+        path = bytes(httptools.parse_url(url).path or b"")
+    except httptools.HttpParserError:
+        return b""
+    return unquote_to_bytes(path) if b"%" in path else path
 
 
 async def _send_refusal(send: Any, refusal: Refusal) -> None:

@@ -11,13 +11,19 @@ protocol, where they cost nothing on the normal path:
 - a header size limit counted while parsing: over it, 431 and close;
 - a `Refuse` hook consulted once the headers are in, before the body is read and before any
   ASGI work: under overload the answer (503) is written straight from the protocol, the body is
-  skipped as it arrives and the connection stays usable;
+  skipped as it arrives and the connection stays usable. Pipelined requests (sent before the
+  previous answer) are consulted too; a refused one is answered in its turn (answers on a
+  connection go out in order) by a small ASGI app in place of the service's. Whatever the hook
+  reserved (`RELEASE` in the scope) is released on every path: when the request's task ends
+  however it ends, and for a request that never runs (a WebSocket upgrade, a pipelined request
+  on a connection that closed first, a URL the parser rejects after the hook);
 - a bound on requests per keep-alive connection (then `connection: close`);
 - one `send()` per answer instead of two (head and body together, `HeadWithBody`).
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import socket
 import sys
@@ -49,6 +55,19 @@ class Refusal:
 Refuse = Callable[[bytes, bytes, Headers, dict[str, Any]], Refusal | None]
 """(method, raw URL, headers, ASGI scope) → a refusal, or None to serve the request normally
 (the hook may mark the scope, e.g. with an admission to release when the request ends)."""
+
+RELEASE = "aim.release"
+"""Scope key: an idempotent callable the hook leaves for what it reserved; the protocol calls it
+once the request's task is done, or at once when the request will never run."""
+
+
+def _release(scope: dict[str, Any] | None) -> None:
+    release = scope.get(RELEASE) if scope else None
+    if release is not None:
+        try:
+            release()
+        except Exception:  # the accounting must not break the connection
+            log.exception("releasing a request's reservation failed")
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,17 @@ def _response(status: int, body: bytes, extra: Headers, default: Headers, close:
     parts += [b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode()]
     parts += [b"\r\nconnection: close\r\n\r\n" if close else b"\r\n\r\n", body]
     return b"".join(parts)
+
+
+def _refusing(refusal: Refusal) -> Any:
+    """An ASGI app that answers `refusal` (for a pipelined request the hook refused)."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"application/json"), *refusal.headers]
+        await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
+        await send({"type": "http.response.body", "body": refusal.body})
+
+    return app
 
 
 class GuardedHttpTools(HttpToolsProtocol):
@@ -133,7 +163,25 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        # Pipelined requests not started yet never will be (uvicorn starts the next one only on
+        # an open transport): free what the hook reserved for them.
+        for cycle, _ in self.pipeline:
+            _release(cycle.scope)  # type: ignore[arg-type]
+        self.pipeline.clear()
         super().connection_lost(exc)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        # uvicorn's, plus: the reservation is freed when the task is done, even one cancelled
+        # before the app was entered (the gate frees it as well; release is idempotent).
+        if getattr(self.config, "reset_contextvars", False):
+            task = self.loop.create_task(cycle.run_asgi(app), context=contextvars.Context())
+        else:
+            task = self.loop.create_task(cycle.run_asgi(app))
+        task.add_done_callback(self.tasks.discard)
+        if RELEASE in cycle.scope:
+            scope = cycle.scope
+            task.add_done_callback(lambda _: _release(scope))
+        self.tasks.add(task)
 
     # Header size ----------------------------------------------------------------------------------
 
@@ -200,19 +248,34 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._requests += 1
         last = self._requests >= self.limits.max_requests_per_connection
         refuse = type(self).refuse
-        idle = (self.cycle is None or self.cycle.response_complete) and not self.pipeline
-        if refuse is not None and idle:
+        scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+        # A WebSocket upgrade leaves HTTP: no request of this protocol will run for it.
+        upgrade = bool(self.parser.should_upgrade()) and self._should_upgrade()
+        refusal = None
+        if refuse is not None and not upgrade:
             try:
-                refusal = refuse(self.parser.get_method(), self.url, self.headers, self.scope)  # type: ignore[arg-type]
+                refusal = refuse(self.parser.get_method(), self.url, self.headers, scope)
             except Exception:  # a broken hook must not turn requests into 400s: serve them
                 log.exception("refusal hook failed; serving the request")
                 refusal = None
-            if refusal is not None:
-                self._refuse_now(refusal, last)
-                return
+        idle = (self.cycle is None or self.cycle.response_complete) and not self.pipeline
+        if refusal is not None and idle:
+            self._refuse_now(refusal, last)
+            return
         previous = self.cycle
-        super().on_headers_complete()
-        if last and self.cycle is not previous:
+        try:
+            super().on_headers_complete()
+        except BaseException:  # e.g. a URL httptools rejects: the request will never run
+            _release(scope)
+            raise
+        if self.cycle is previous:  # no request was made (an upgrade)
+            _release(scope)
+            return
+        if refusal is not None:  # queued behind a running request: refused in its turn
+            queued = self.pipeline[0] if self.pipeline else None
+            if queued is not None and queued[0] is self.cycle:
+                self.pipeline[0] = (self.cycle, _refusing(refusal))
+        if last:
             self.cycle.keep_alive = False
 
     def _refuse_now(self, refusal: Refusal, last: bool) -> None:
@@ -295,9 +358,11 @@ def serve(
     limits: ServerLimits,
     refuse: Refuse | None = None,
     sock: socket.socket | None = None,
+    on_server: Callable[[uvicorn.Server], None] | None = None,
 ) -> None:
     """Run `app` on uvicorn with the guarded protocol and, when given, the refusal hook; on
-    ``sock`` (a worker's inherited listening socket) instead of binding host:port."""
+    ``sock`` (a worker's inherited listening socket) instead of binding host:port.
+    ``on_server`` gets the server before it runs (to stop it: ``server.should_exit = True``)."""
     # The forward thread releases the GIL in every torch op and must take it back from the
     # event loop each time; with the default 5 ms switch interval a busy loop (overload) makes
     # each of those dozens of ops per batch wait up to 5 ms, and goodput collapses.
@@ -316,4 +381,7 @@ def serve(
         timeout_keep_alive=max(1, round(limits.keep_alive_s)),
         timeout_graceful_shutdown=30,
     )
-    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
+    server = uvicorn.Server(config)
+    if on_server is not None:
+        on_server(server)
+    server.run(sockets=[sock] if sock is not None else None)

@@ -32,10 +32,13 @@ async def model_info(state: State, caller: CurrentCaller) -> Response:
     )
 
 
-@router.get("/healthz", tags=["health"])
-async def healthz() -> dict[str, str]:
-    """Liveness: the process answers."""
-    return {"status": "ok"}
+@router.get("/healthz", tags=["health"], responses={503: {"description": "Failed"}})
+async def healthz(state: State) -> Response:
+    """Liveness: the process answers, its model has not failed to load and its worker (batcher
+    or scheduler) has not died; 503 otherwise, so that an orchestrator restarts it."""
+    if state.alive:
+        return json_response({"status": "ok"})
+    return json_response({"status": "failed", "error": state.load_error or "worker stopped"}, 503)
 
 
 @router.get("/readyz", tags=["health"], responses={503: {"description": "Not ready"}})
