@@ -153,11 +153,15 @@ if ! docker info >/dev/null 2>&1; then
   log "starting dockerd (log: ${LOG_DIR#"$ROOT"/}/dockerd.log)"
   dockerd >"$LOG_DIR/dockerd.log" 2>&1 &
   DOCKERD_PID=$!
-  if ! wait_for 60 "dockerd" docker info; then
-    tail -n 15 "$LOG_DIR/dockerd.log" >&2
-    kill -0 "$DOCKERD_PID" 2>/dev/null || DOCKERD_PID=""
-    die "cannot start a Docker engine on this machine (dockerd log above): the smoke needs one"
-  fi
+  deadline=$((SECONDS + 60))
+  until docker info >/dev/null 2>&1; do
+    if ! kill -0 "$DOCKERD_PID" 2>/dev/null || ((SECONDS >= deadline)); then
+      tail -n 15 "$LOG_DIR/dockerd.log" >&2
+      kill -0 "$DOCKERD_PID" 2>/dev/null || DOCKERD_PID=""
+      die "cannot start a Docker engine on this machine (dockerd log above): the smoke needs one"
+    fi
+    sleep 1
+  done
 fi
 log "docker engine $(docker version --format '{{.Server.Version}}'), ${COMPOSE[*]}"
 
