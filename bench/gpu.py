@@ -17,6 +17,11 @@ LitServe and against a raw batched forward, and keyed modulation against the mem
     python bench/gpu.py                 # the GPU run (device cuda)
     python bench/gpu.py --small         # CPU, small shapes, short load: checks the script
 
+Real-size models from transformers configs (no torchvision needed) have their own bench, which
+takes the device too: `python bench/real_model.py --device cuda --models vit-b16,resnet50`
+(ViT-B/16 and ResNet-50 served from their Hugging Face directories and exported files, against
+LitServe and the raw batched forward on the same GPU).
+
 Writes everything as JSON to `--out` and ends with
 
     gpu: ours X img/s, litserve Y img/s, raw Z img/s; keyed/floor A, B, C

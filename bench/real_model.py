@@ -121,7 +121,7 @@ def forward_rate(directory: Path, batch: int, seconds: float, device: str) -> fl
 
     torch.set_num_threads(os.cpu_count() or 1)
     model = load_model(directory, device)
-    x = torch.randn(batch, *model.input_spec.shape)
+    x = torch.randn(batch, *model.input_spec.shape).to(model.device)  # inputs already there
     model.forward(x)  # warm
     done, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
