@@ -267,16 +267,18 @@ def honest_utility(args: argparse.Namespace, table: list[str]) -> None:
     with torch.inference_mode():
         z = model.forward(torch.as_tensor(every[order] / 16.0, dtype=torch.float32)[:, None])
     top = z.argmax(1).numpy()
-    for who, headers in (("bronze-0", {}), ("gold", {"X-AIM-Tier": "bronze"})):
-        with server("digits", args.secret) as client:
-            labels = ask(client, who, lists, chunk=8, headers=headers)
-        overall, worst = worst_class(z, torch.as_tensor(labels == top))
-        name = "bronze key" if who != "gold" else "gold key lowered"
-        table.append(
-            f"| digits, 1,797: {name} | agreement {overall:.4f} ({100 * (overall - 0.65):+.2f} pp) "
-            f"| | | worst class {worst:.2f} of its bound |"
-        )
-        print(table[-1], flush=True)
+    secrets = [s.encode() for s in args.honest_secrets.split(",") if s] or [args.secret]
+    for secret in secrets:
+        for who, headers in (("bronze-0", {}), ("gold", {"X-AIM-Tier": "bronze"})):
+            with server("digits", secret) as client:
+                labels = ask(client, who, lists, chunk=8, headers=headers)
+            overall, worst = worst_class(z, torch.as_tensor(labels == top))
+            name = "bronze key" if who != "gold" else "gold key lowered"
+            table.append(
+                f"| digits, 1,797, secret {secret.decode()}: {name} | agreement {overall:.4f} "
+                f"({100 * (overall - 0.65):+.2f} pp) | | | worst class {worst:.2f} of its bound |"
+            )
+            print(table[-1], flush=True)
 
 
 def scenes_attacks(args: argparse.Namespace, table: list[str], gains: dict[str, float]) -> None:
@@ -326,6 +328,9 @@ def main() -> None:
         "--first",
         default="first,never",
         help="ask the original first, never, or both (first,never)",
+    )
+    parser.add_argument(
+        "--honest-secrets", default="", help="comma list of secrets for honest utility"
     )
     parser.add_argument("--scenes", type=int, default=32)
     parser.add_argument("--scene-keys", type=int, default=21)

@@ -33,6 +33,8 @@ from ..modulation import (
     modulate,
 )
 from ..observability.metrics import Metrics
+from .answers import AnswerMemory
+from .replay_redis import RedisAnswerMemory, RedisReplayMemory
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +93,16 @@ class Engine:
         # Not `memory or ...`: an empty memory has len 0 and is falsy.
         self.memory = (memory if memory is not None else ReplayMemory()) if keyed else None
         self.digest = digest.to(model.device) if digest is not None and keyed else None
+        self.answers: Any = None
+        if self.memory is not None:
+            local = AnswerMemory()
+            self.answers = local
+            if isinstance(self.memory, RedisReplayMemory):
+                self.answers = RedisAnswerMemory(self.memory, local)
         if self.memory is not None and self.digest is not None:
             # The digest's unit vectors need no centre; its training chose the threshold.
             self.memory.threshold = self.digest.threshold
-            if hasattr(self.memory, "scope"):
+            if isinstance(self.memory, RedisReplayMemory):
                 self.memory.scope(self.digest.fingerprint())
         elif self.memory is not None and self.memory.centre is None:
             self.memory.centre = self._embedding_centre()
@@ -126,6 +134,8 @@ class Engine:
         cells = self._cells(logits, embedding, seeds, sigma, fld, per_row)
         params = BatchModulation(sigma.to(device), seeds, fld, cells)
         out = modulate(logits, params, self.source)
+        if cells is not None and self.answers is not None:
+            out = self._remembered(out, cells, sigma, fld, per_row)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
@@ -185,15 +195,50 @@ class Engine:
         if not rows:
             return cells
         tiers = [per_row[r].tier for r in rows]
+        # With a trained digest, the digest alone says "the same input": bucketing on the clean
+        # class would send the copies an augmentation flips (10% of digits with two pixels
+        # dropped) to fresh noise. The fallback digests need the class to keep inputs apart.
+        top = logits.argmax(dim=1)
+        buckets = top if self.digest is None else torch.zeros_like(top)
         if len(rows) == len(per_row):
-            served = self.memory.assign(tiers, embedding, logits.argmax(dim=1), cells)
+            served = self.memory.assign(tiers, embedding, buckets, cells)
             self._count(tiers, served != cells)
             return served
         idx = torch.tensor(rows, device=logits.device)
-        served = self.memory.assign(tiers, embedding[idx], logits[idx].argmax(dim=1), cells[idx])
+        served = self.memory.assign(tiers, embedding[idx], buckets[idx], cells[idx])
         self._count(tiers, served != cells[idx])
         cells[idx] = served
         return cells
+
+    def _remembered(
+        self,
+        out: torch.Tensor,
+        cells: torch.Tensor,
+        sigma: torch.Tensor,
+        fld: torch.Tensor | None,
+        per_row: Sequence[PredictItem],
+    ) -> torch.Tensor:
+        """Rows served with a remembered cell get the answer first served with it."""
+        assert self.answers is not None
+        noisy = sigma > 0
+        if fld is not None:  # focus changes the output: those rows neither serve nor store
+            noisy &= ~(fld != 0).reshape(fld.shape[0], -1).any(dim=1).cpu()
+        rows = noisy.nonzero().reshape(-1).tolist()
+        if not rows:
+            return out
+        idx = torch.tensor(rows, device=out.device)
+        sig = sigma.tolist()
+        served = self.answers.apply(
+            out[idx],
+            [per_row[r].tier for r in rows],
+            [sig[r] for r in rows],
+            cells[idx].tolist(),
+        )
+        if len(rows) == out.shape[0]:
+            return served
+        out = out.clone()
+        out[idx] = served
+        return out
 
     def _count(self, tiers: list[str], matched: torch.Tensor) -> None:
         """Rows per tier that reused a remembered input's cell (``aim_replay_rows_total``)."""

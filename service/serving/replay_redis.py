@@ -50,6 +50,7 @@ from typing import Any
 import torch
 
 from ..modulation import ReplayMemory
+from .answers import AnswerMemory
 
 log = logging.getLogger(__name__)
 
@@ -186,18 +187,21 @@ class RedisReplayMemory:
         try:
             return self._assign(tiers, embeddings, buckets, cells)
         except Exception as exc:  # refused, timeout, READONLY, script error...
-            self.errors += 1
-            if self._on_error is not None:
-                self._on_error()
-            if self._down_until == 0.0 or time.monotonic() >= self._down_until:
-                log.warning(
-                    "replay memory: Redis failed (%s); serving from this replica's memory "
-                    "for %.0f s",
-                    type(exc).__name__,
-                    RETRY_AFTER_S,
-                )
-            self._down_until = time.monotonic() + RETRY_AFTER_S
+            self.failed(exc)
             return self.fallback.assign(tiers, embeddings, buckets, cells)
+
+    def failed(self, exc: Exception) -> None:
+        """Count, log (once per rest) and rest after a failed call."""
+        self.errors += 1
+        if self._on_error is not None:
+            self._on_error()
+        if time.monotonic() >= self._down_until:
+            log.warning(
+                "replay memory: Redis failed (%s); serving from this replica's memory for %.0f s",
+                type(exc).__name__,
+                RETRY_AFTER_S,
+            )
+        self._down_until = time.monotonic() + RETRY_AFTER_S
 
     def _assign(
         self,
@@ -234,3 +238,64 @@ class RedisReplayMemory:
         served = self._script(keys=keys, args=head + args)
         out = torch.tensor([int(c) for c in served], dtype=torch.int64)
         return out.to(cells.device)
+
+
+ANSWERS = """
+local n, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+for i = 1, n do
+  local key, field, row = KEYS[1], ARGV[1 + 2 * i], ARGV[2 + 2 * i]
+  local held = redis.call('HGET', key .. field, 'a')
+  if held then
+    out[i] = held
+  else
+    redis.call('HSET', key .. field, 'a', row)
+    out[i] = ''
+  end
+  redis.call('PEXPIRE', key .. field, ttl)
+end
+return out
+"""
+
+
+class RedisAnswerMemory:
+    """``AnswerMemory.apply`` on Redis (``answers.py``): the first replica to serve a
+    (tier, σ, cell) stores its modulated row, every replica serves it after; one round trip per
+    batch, the same outage rule as ``RedisReplayMemory`` (whose client and namespace it shares).
+    """
+
+    def __init__(self, memory: RedisReplayMemory, fallback: AnswerMemory) -> None:
+        self.memory = memory
+        self.fallback = fallback
+        self._script = memory._redis.register_script(ANSWERS)
+
+    def apply(
+        self, out: torch.Tensor, tiers: list[str], sigmas: list[float], cells: list[int]
+    ) -> torch.Tensor:
+        m = self.memory
+        if time.monotonic() < m._down_until:
+            return self.fallback.apply(out, tiers, sigmas, cells)
+        try:
+            return self._apply(out, tiers, sigmas, cells)
+        except Exception as exc:
+            m.failed(exc)
+            return self.fallback.apply(out, tiers, sigmas, cells)
+
+    def _apply(
+        self, out: torch.Tensor, tiers: list[str], sigmas: list[float], cells: list[int]
+    ) -> torch.Tensor:
+        rows = out.detach().to("cpu", torch.float32).contiguous().numpy()
+        args: list[Any] = [len(cells), max(1, math.ceil(self.memory.fallback.window * 1000))]
+        for i, (tier, sigma, cell) in enumerate(zip(tiers, sigmas, cells, strict=True)):
+            args += [f"{hashlib.sha256(tier.encode()).hexdigest()[:8]}:{sigma!r}:{cell}"]
+            args += [rows[i].tobytes()]
+        held = self._script(keys=[f"{PREFIX}{self.memory._scope}:answer:"], args=args)
+        replace = [(i, h) for i, h in enumerate(held) if h]
+        if not replace:
+            return out
+        out = out.clone()
+        idx = torch.tensor([i for i, _ in replace], device=out.device)
+        rows_held = [torch.frombuffer(bytearray(h), dtype=torch.float32) for _, h in replace]
+        stored = torch.stack(rows_held)
+        out[idx] = stored.to(out.device, out.dtype)
+        return out

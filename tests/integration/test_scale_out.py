@@ -300,28 +300,6 @@ def test_a_quota_holds_across_replicas(stack: Stack) -> None:
     assert served <= QUOTA, served
 
 
-def test_with_redis_down_quotas_fail_closed_and_rate_limits_fall_back(stack: Stack) -> None:
-    stack.redis.stop()
-    try:
-        for url in (stack.lb, stack.replicas[0].url):
-            r = predict(url, stack.keys["metered"])
-            assert r.status_code == 503
-            assert r.json()["error"]["code"] == "quota_unavailable"
-        assert predict(stack.lb, stack.keys["gold"]).status_code == 200  # no quota: served
-        bronze = predict(stack.replicas[0].url, stack.keys["acme-0"]).status_code
-        assert bronze in (200, 429)  # this replica's own bucket, never an error
-        metrics = httpx.get(stack.replicas[0].url + "/metrics", timeout=5).text
-        assert 'aim_shared_state_errors_total{kind="quota"}' in metrics
-        assert "aim_shared_state_up 0.0" in metrics
-    finally:
-        stack.redis.start()
-    # Back (a fresh Redis: its quota counters start again) within the replicas' retry pause.
-    deadline = time.monotonic() + 5
-    while predict(stack.lb, stack.keys["metered"]).status_code == 503:
-        assert time.monotonic() < deadline, "quotas did not recover with Redis"
-        time.sleep(0.2)
-
-
 def replay_matched(replica: LiveServer, tier: str) -> float:
     """`aim_replay_rows_total{result="matched"}` at ``tier`` on one replica."""
     for line in httpx.get(replica.url + "/metrics", timeout=5).text.splitlines():
@@ -367,3 +345,28 @@ def test_a_variant_first_asked_on_one_replica_gets_the_same_answer_on_the_other(
     same = sum(x[0] == y[0] for x, y in zip(first, second, strict=True))
     assert same >= 20, (same, first, second)
     assert "replay memory: Redis failed" not in a.log() + b.log()
+
+
+def test_with_redis_down_quotas_fail_closed_and_rate_limits_fall_back(stack: Stack) -> None:
+    stack.redis.stop()
+    try:
+        for url in (stack.lb, stack.replicas[0].url):
+            r = predict(url, stack.keys["metered"])
+            assert r.status_code == 503
+            assert r.json()["error"]["code"] == "quota_unavailable"
+        assert predict(stack.lb, stack.keys["gold"]).status_code == 200  # no quota: served
+        bronze = predict(stack.replicas[0].url, stack.keys["acme-0"]).status_code
+        assert bronze in (200, 429)  # this replica's own bucket, never an error
+        metrics = httpx.get(stack.replicas[0].url + "/metrics", timeout=5).text
+        assert 'aim_shared_state_errors_total{kind="quota"}' in metrics
+        assert "aim_shared_state_up 0.0" in metrics
+        if bronze == 200:  # its row went to the replay memory: the replica's own served it
+            errors = [ln for ln in metrics.splitlines() if ln.startswith("aim_replay_memory_e")]
+            assert errors and float(errors[0].rsplit(" ", 1)[1]) >= 1, errors
+    finally:
+        stack.redis.start()
+    # Back (a fresh Redis: its quota counters start again) within the replicas' retry pause.
+    deadline = time.monotonic() + 5
+    while predict(stack.lb, stack.keys["metered"]).status_code == 503:
+        assert time.monotonic() < deadline, "quotas did not recover with Redis"
+        time.sleep(0.2)

@@ -116,3 +116,16 @@ def test_an_outage_serves_from_the_replicas_own_memory_and_counts_it() -> None:
         3,
     ]
     assert errors == [1]  # not asked again while it rests
+
+
+def test_answers_in_redis_are_the_first_replicas_for_every_replica(redis_url: str) -> None:
+    from service.serving.answers import AnswerMemory
+    from service.serving.replay_redis import RedisAnswerMemory
+
+    a = RedisAnswerMemory(_memory(redis_url, "ns-6"), AnswerMemory())
+    b = RedisAnswerMemory(_memory(redis_url, "ns-6"), AnswerMemory())
+    first = torch.tensor([[1.5, -2.0, 0.25]])
+    assert torch.equal(a.apply(first, ["bronze"], [2.0], [42]), first)
+    other = torch.tensor([[0.0, 3.0, 1.0], [4.0, 4.0, 4.0]])
+    served = b.apply(other, ["bronze", "bronze"], [2.0, 2.0], [42, 43])
+    assert served.tolist() == [[1.5, -2.0, 0.25], [4.0, 4.0, 4.0]]
