@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     routes answer 404."""
     quota_fail_open: bool = False
     """With Redis unreachable, serve tiers that have a quota (uncounted) instead of 503."""
+    usage_retention_days: int = Field(400, ge=1)
+    """How long usage minutes are kept in Redis (`aim:usage:*` expire after it)."""
 
     @field_validator("log_level")
     @classmethod

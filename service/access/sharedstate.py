@@ -3,10 +3,14 @@ every replica in one place.
 
 Each operation is atomic on the Redis side: the token bucket is one Lua script that reads the
 clock of Redis itself (replicas' clocks never disagree about refills), a quota charge is one
-MULTI/EXEC, a usage flush one MULTI/EXEC of HINCRBYs. When Redis does not answer, the caller
-decides per kind of state what to do (`service.access.accounting`); this module raises `StateDown`,
-counts the failure in `aim_shared_state_errors_total{kind}`, and stops calling Redis for
-`RETRY_AFTER_S` so a dead Redis costs requests no connect timeouts.
+MULTI/EXEC, a quota reservation one script that checks and takes, a usage flush one script of
+HINCRBYs guarded by its flush id (a retry of a flush Redis applied before the answer timed out
+finds the id and adds nothing). Usage hashes `aim:usage:<minute>` expire after the retention
+(`AIM_USAGE_RETENTION_DAYS`), and the minutes index drops the ones past it at each flush.
+When Redis does not answer, the caller decides per kind of state what to do
+(`service.access.accounting`); this module raises `StateDown`, counts the failure in
+`aim_shared_state_errors_total{kind}`, and stops calling Redis for `RETRY_AFTER_S` so a dead
+Redis costs requests no connect timeouts.
 """
 
 from __future__ import annotations
@@ -44,6 +48,32 @@ return tostring(wait)
 """
 
 
+# KEYS[1]: the quota counter. ARGV: units, limit, expire-at. Returns {1, used before} when the
+# units were taken (used before < limit), {0, used} when the quota is used up.
+RESERVE = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used >= tonumber(ARGV[2]) then return {0, used} end
+redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('EXPIREAT', KEYS[1], ARGV[3])
+return {1, used}
+"""
+
+# KEYS[1]: the flush marker, KEYS[2]: the minutes index. ARGV: marker TTL, expire-at of the
+# hashes, oldest minute kept, then (hash, field, value, minute) quadruples. 0 if already applied.
+FLUSH = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+for i = 4, #ARGV, 4 do
+  redis.call('HINCRBY', ARGV[i], ARGV[i + 1], ARGV[i + 2])
+  redis.call('EXPIREAT', ARGV[i], tonumber(ARGV[i + 3]) + tonumber(ARGV[2]))
+  redis.call('ZADD', KEYS[2], ARGV[i + 3], ARGV[i + 3])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[3])
+return 1
+"""
+FLUSH_ID_TTL_S = 86400
+"""How long a flush id is remembered: far longer than any retry of it."""
+
+
 class StateDown(Exception):
     """Redis did not answer (or is being given a rest after failing)."""
 
@@ -62,6 +92,8 @@ class RedisState:
             decode_responses=True,
         )
         self._bucket = self._redis.register_script(TOKEN_BUCKET)
+        self._reserve = self._redis.register_script(RESERVE)
+        self._flush = self._redis.register_script(FLUSH)
         self._down_until = 0.0
         self.errors = Counter(
             "aim_shared_state_errors",
@@ -110,6 +142,18 @@ class RedisState:
         value = await self._call("quota", lambda: self._redis.get(key))
         return int(value or 0)
 
+    async def reserve(
+        self, account: str, tier: str, start: int, end: int, units: int, limit: int
+    ) -> tuple[bool, int]:
+        """Take `units` when fewer than `limit` are used: (taken, used before)."""
+        key = self._quota_key(account, tier, start)
+
+        async def op() -> Any:
+            return await self._reserve(keys=[key], args=[units, limit, end + 3600])
+
+        taken, used = await self._call("quota", op)
+        return bool(int(taken)), int(used)
+
     async def add(self, account: str, tier: str, start: int, end: int, units: int) -> None:
         key = self._quota_key(account, tier, start)
 
@@ -123,18 +167,21 @@ class RedisState:
 
     # Usage ------------------------------------------------------------------------------------
 
-    async def add_usage(self, rows: dict[Key, Counts]) -> None:
-        async def op() -> Any:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for (minute, account, tier), counts in rows.items():
-                    h = f"{PREFIX}usage:{minute}"
-                    for name, value in zip(_FIELDS, counts, strict=True):
-                        if value:
-                            pipe.hincrby(h, f"{account}|{tier}|{name}", value)
-                    pipe.zadd(_MINUTES, {str(minute): minute})
-                return await pipe.execute()
+    async def add_usage(
+        self, rows: dict[Key, Counts], flush_id: str, retention_s: int = 400 * 86400
+    ) -> bool:
+        """Add `rows` once per `flush_id`: False when that flush was applied before."""
+        args: list[Any] = [FLUSH_ID_TTL_S, retention_s, int(time.time()) - retention_s]
+        for (minute, account, tier), counts in rows.items():
+            for name, value in zip(_FIELDS, counts, strict=True):
+                if value:
+                    args += [f"{PREFIX}usage:{minute}", f"{account}|{tier}|{name}", value, minute]
+        marker = f"{PREFIX}flush:{flush_id}"
 
-        await self._call("usage", op)
+        async def op() -> Any:
+            return await self._flush(keys=[marker, _MINUTES], args=args)
+
+        return bool(int(await self._call("usage", op)))
 
     async def query_usage(
         self, since: float | None, until: float | None

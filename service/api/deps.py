@@ -21,7 +21,7 @@ from ..access.tiers import Tier, TierTable, tier_policy
 from ..errors import BadRequest, Unauthorized
 from ..modulation import KeyedNoise
 from ..runtime import Runtime
-from .metering import note_caller
+from .metering import note_caller, note_reservation
 from .state import AppState
 
 TIER_HEADER = "x-aim-tier"
@@ -75,7 +75,10 @@ class Caller:
         )
         self.scope["aim.tier"] = served.name  # the metrics label of this request
         note_caller(self.scope, self.key.account, served.name, items)
-        await self.accounting.admit(self.key.account, served.name, served.limiter)
+        reservation = await self.accounting.admit(
+            self.key.account, served.name, served.limiter, items
+        )
+        note_reservation(self.scope, reservation)
         return replace(self, tier=served)
 
 

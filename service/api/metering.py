@@ -4,7 +4,9 @@ answer has gone out.
 
 The status is the one the client got, so `requests`, `items` and `tokens` count answered (2xx)
 work only, and everything else an identified account receives counts as an error. A request
-that never identified an account (no key, an unknown key) is not an account's usage.
+that never identified an account (no key, an unknown key) is not an account's usage, nor is one
+whose client went away before its answer started (a body cut short is not the client's 422):
+its quota reservation is given back.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, TypeVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..access.accounting import Accounting
+from ..access.accounting import Accounting, Reservation
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -32,6 +34,8 @@ class UsageNote:
     items: int = 0
     tokens: int = 0
     generation: bool = False
+    reservation: Reservation | None = None
+    """The quota units taken at admission, settled when the answer is out."""
 
     @property
     def units(self) -> int:
@@ -50,6 +54,12 @@ def note_caller(scope: MutableMapping[str, Any], account: str, tier: str, items:
     note = _note(scope)
     if note is not None:
         note.account, note.tier, note.items = account, tier, items
+
+
+def note_reservation(scope: MutableMapping[str, Any], reservation: Reservation | None) -> None:
+    note = _note(scope)
+    if note is not None:
+        note.reservation = reservation
 
 
 async def count_tokens(
@@ -79,7 +89,7 @@ class MeteringMiddleware:
             return
         note = UsageNote()
         scope[_NOTE] = note
-        status = 499  # the client went away before an answer started
+        status = 499  # the client went away before an answer started: not billed
 
         async def send_status(message: Message) -> None:
             nonlocal status
@@ -94,12 +104,23 @@ class MeteringMiddleware:
             raise
         finally:
             if note.account is not None and note.tier is not None:
-                _record(self.accounting, note, status)
+                _record(self.accounting, note, None if status == 499 else status)
 
 
-def _record(accounting: Accounting, note: UsageNote, status: int) -> None:
+def _record(accounting: Accounting, note: UsageNote, status: int | None) -> None:
     assert note.account is not None and note.tier is not None
     try:
-        accounting.record(note.account, note.tier, status, note.items, note.tokens, note.units)
+        if status is None:  # abandoned by its client: nothing billed, the reservation returned
+            accounting.settle(note.reservation, 0)
+            return
+        accounting.record(
+            note.account,
+            note.tier,
+            status,
+            note.items,
+            note.tokens,
+            note.units,
+            note.reservation,
+        )
     except Exception:  # metering must never break a request (its answer is already out)
         log.exception("usage not recorded")

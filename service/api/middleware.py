@@ -5,6 +5,7 @@ access_log.py)."""
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import re
 import time
@@ -17,12 +18,20 @@ from ..observability.metrics import Metrics
 from .access_log import AccessLog
 from .errors import error_body
 
+log = logging.getLogger(__name__)
 _RID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _UNMATCHED = "unmatched"
 
 
 def _request_ids() -> itertools.count[int]:
     return itertools.count(int.from_bytes(os.urandom(6), "big") << 20)
+
+
+class _Gone:
+    """`_read_body`'s answer for a client that went away before its body was complete."""
+
+
+_GONE = _Gone()
 
 
 class RequestIds:
@@ -73,6 +82,11 @@ class ServiceMiddleware:
                 return
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 body = await self._read_body(receive)
+                if isinstance(body, _Gone):
+                    # The client left mid-upload: nothing to answer, nothing to bill, and not
+                    # an error of ours (one line; the request id is in the log context).
+                    log.info("client disconnected before its request body was complete")
+                    return
                 if body is None:
                     await self._too_large(send_wrapper)
                     return
@@ -100,13 +114,14 @@ class ServiceMiddleware:
             )
             request_id_var.reset(token)
 
-    async def _read_body(self, receive: Receive) -> bytes | None:
-        """The whole body, or None once it passes the limit (chunked bodies included)."""
+    async def _read_body(self, receive: Receive) -> bytes | _Gone | None:
+        """The whole body, None once it passes the limit (chunked bodies included), or `_GONE`
+        when the client disconnects first."""
         chunks, size = [], 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                return _GONE
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:

@@ -36,6 +36,12 @@ class HeadWithBody:
         self.get_extra_info = transport.get_extra_info
 
     def write(self, data: bytes) -> None:
+        if self._transport.is_closing():
+            # Closed under a running request (a 400 for a bad pipelined request, the peer gone
+            # before uvicorn saw it): uvloop raises on a write, which would log an ERROR
+            # traceback for what is only a client that left. Nobody is there to read it.
+            self._head = None
+            return
         head, self._head = self._head, None
         if head is not None:
             self._transport.write(head + data)
