@@ -144,6 +144,17 @@ def class_index(value: str | int | None, labels: list[str], field: str) -> int |
     raise InvalidInput(f"`{field}`: class index {value!r} is not in [0, {len(labels)})", field)
 
 
+def _no_regions(entries: list[FocusEntry]) -> None:
+    """A Hugging Face segmenter's logits are on its own coarser grid (noise and focus are drawn
+    there); a region in image pixels is not mapped onto it yet, so it is refused, not misplaced."""
+    for i, e in enumerate(entries):
+        if e.region is not None:
+            raise InvalidInput(
+                f"`focus[{i}].region`: this model takes focus on whole images only (no region)",
+                f"focus[{i}].region",
+            )
+
+
 def check_region(entries: list[FocusEntry], shape: tuple[int, ...]) -> None:
     height, width = shape[-2], shape[-1]
     for i, e in enumerate(entries):
@@ -171,6 +182,8 @@ async def _admit(
     adapter = caller.runtime.adapter
     entries = focus_entries(focus, adapter.labels, adapter.task, settings.max_focus_entries)
     if adapter.task == "segmentation":
+        if getattr(adapter, "native_output", False):
+            _no_regions(entries)
         check_region(entries, tuple(adapter.input_spec.shape))
     k = 1 if top_k is None else top_k
     if top_k is None:

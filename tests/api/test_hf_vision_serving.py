@@ -179,3 +179,22 @@ def test_oip_bytes_tensors_carry_encoded_images(
     assert {o["name"]: o["data"] for o in r.json()["outputs"]}["index"] == indices
     bad = vit.post(url, json={"inputs": [{**tensor, "shape": [1], "data": ["%%"]}]}, headers=key)
     assert bad.status_code == 422 and bad.json()["error"].startswith("`inputs[0].data[0]`")
+
+
+def test_segformer_refuses_a_focus_region_by_name(
+    segformer: TestClient, api_keys: dict[str, str], photo: Callable[..., bytes]
+) -> None:
+    focus = [{"class": 1, "direction": "up", "strength": 2.0, "region": [0, 0, 90, 90]}]
+    r = segformer.post(
+        "/predict",
+        json={"inputs": [_b64(photo(96, 96))], "focus": focus},
+        headers={"X-API-Key": api_keys["gold"]},
+    )
+    assert r.status_code == 422 and r.json()["error"]["field"] == "focus[0].region"
+    whole = [{"class": 1, "direction": "up", "strength": 50.0}]
+    r = segformer.post(
+        "/predict",
+        json={"inputs": [_b64(photo(96, 96))], "focus": whole},
+        headers={"X-API-Key": api_keys["gold"]},
+    )
+    assert r.status_code == 200 and set(r.json()["predictions"][0]["counts"]) == {"LABEL_1"}
