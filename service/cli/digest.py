@@ -35,7 +35,7 @@ def add_command(sub: Any) -> None:
     )
     train.add_argument("--out", type=Path, help="output file (default: <model>-digest.safetensors)")
     train.add_argument("--steps", type=int, default=600, help="training steps (default 600)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     train.set_defaults(handler=train_command)
 
 

@@ -5,9 +5,12 @@ forward pass serves any mix of keys and tiers; the answer holds labels, indices,
 *modulated* logits and masks, never the unmodulated logits.
 
 Classification rows under keyed noise go through the tier's replay memory
-(``modulation.memory``): the row's embedding (the network's ``forward_with_embedding`` when it
-has one, else its centred logits) finds a recent near-duplicate of the same tier and clean
-class, whose noise cell it reuses; a first-seen row gets the fine digest of its own logits.
+(``modulation.memory``, or ``replay_redis`` with ``AIM_REDIS_URL``): the row's digest (the
+model's trained digest encoder, ``models.digests``; without one the network's
+``forward_with_embedding``, else its centred logits) finds a recent near-duplicate of the same
+tier, whose noise cell it reuses, and then that cell's remembered answer (``answers``); a
+first-seen row gets the fine digest of its own logits. Under a fallback digest the match also
+needs the same clean class; a trained digest alone decides.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ from .answers import AnswerMemory
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5.0
-TIMEOUT_S = 2.0
+TIMEOUT_S = 5.0
 PREFIX = "aim:replay:"
 
 SCRIPT = """
@@ -73,11 +73,14 @@ for i = 1, n do
   local own = tonumber(ARGV[7 + 2 * i])
   local q = {struct.unpack(vfmt, vec)}
   local best, cell = -2, own
+  local seen = {}
   for l = 1, L do
     local entries = redis.call('LRANGE', KEYS[(i - 1) * L + l], 0, -1)
     for _, e in ipairs(entries) do
-      local v = {struct.unpack(efmt, e)}
-      if v[1] >= since then
+      -- An entry sits in every table's list: compare it once.
+      if seen[e] then e = nil else seen[e] = true end
+      local v = e and {struct.unpack(efmt, e)}
+      if v and v[1] >= since then
         local s = 0
         for k = 1, d do s = s + q[k] * v[k + 2] end
         if s > best then best, cell = s, v[2] end
@@ -116,7 +119,7 @@ class RedisReplayMemory:
         fallback: ReplayMemory,
         bits: int = 4,
         tables: int = 8,
-        capacity: int = 64,
+        capacity: int = 48,
         store_below: float = 0.95,
         on_error: Callable[[], None] | None = None,
         client: Any = None,
