@@ -36,15 +36,19 @@ from ..modulation import (
 )
 from . import plots
 from .progress import progress
+from .usage import UsageError, check_targets
 
 EVAL_SECRET = b"aim-eval-secret"  # evaluation only: fixed so figures are reproducible
 BATCH = 256
 
 
 def load(model: str) -> Any:
-    from ..models import load_model
+    from ..models import ModelLoadError, load_model
 
-    return load_model(model, "cpu")
+    try:
+        return load_model(model, "cpu")
+    except (ModelLoadError, OSError) as exc:
+        raise UsageError(f"--model {model!r}: {exc}") from None
 
 
 def forward_all(adapter: Any, inputs: torch.Tensor) -> torch.Tensor:
@@ -63,11 +67,15 @@ def read_inputs(path: Path, adapter: Any) -> torch.Tensor:
 
         return image_folder_inputs(path, adapter)
 
-    if path.suffix == ".npy":
-        raw: Any = np.load(path, allow_pickle=False)
-    else:
-        raw = torch.load(path, map_location="cpu", weights_only=True).numpy()
-    return torch.stack([adapter.prepare(item) for item in raw])
+    try:
+        if path.suffix == ".npy":
+            raw: Any = np.load(path, allow_pickle=False)
+        else:
+            raw = torch.load(path, map_location="cpu", weights_only=True).numpy()
+        return torch.stack([adapter.prepare(item) for item in raw])
+    except Exception as exc:  # missing, unreadable, not an array, items of the wrong shape
+        reason = "no such file" if not path.exists() else f"{type(exc).__name__}: {exc}"
+        raise UsageError(f"--inputs {str(path)!r}: {reason}") from None
 
 
 def _decisions_argmax(logits: torch.Tensor) -> torch.Tensor:
@@ -78,6 +86,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
     from ..models import calibration_inputs
 
     adapter = load(args.model)
+    if adapter.task != "generation" and getattr(adapter, "labels", None):
+        check_targets(args.targets, len(adapter.labels))
     if adapter.task == "generation":
         logits = _generation_calibration_logits(adapter, args.inputs, args.targets)
     else:

@@ -18,6 +18,7 @@ from . import accounts as cli_accounts
 from . import digest as cli_digest
 from .flags import add_settings_flags, floats
 from .serve import serve_command
+from .usage import UsageError, check_args
 
 if TYPE_CHECKING:
     pass
@@ -164,7 +165,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv  # `serve --workers N` starts each worker with the same flags
     handler: Handler = args.handler
-    return handler(args)
+    name = " ".join(filter(None, [args.command, getattr(args, "eval_command", None)]))
+    try:
+        check_args(args)
+        return handler(args)
+    except UsageError as exc:
+        print(f"aim {name}: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if args.command not in ("calibrate", "eval"):
+            raise
+        # An offline tool: the reason in one line, not a traceback (a bug still says its type).
+        print(f"aim {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +100,10 @@ def serve_command(args: argparse.Namespace) -> int:
     from ..serving.workers import WorkerContext
 
     worker = WorkerContext.from_env()
+    if worker is not None:
+        # The supervisor forwards SIGHUP (keys reload); until the keys watcher takes it over,
+        # one arriving while this worker starts must not kill it.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     app = create_app(settings, config, keys, secret=secret)
     if demo_keys:
         _print_demo_keys(settings, config, demo_keys)

@@ -25,8 +25,11 @@ are per worker, as on replicas) and readiness.
 The parent loads no model (it checks the config, keys and secret before any worker starts). It
 starts a worker that dies again after `RESTART_DELAY_S`; one that dies `CRASH_LOOP` times in a
 row, each within `QUICK_DEATH_S` of its start, stops them all with its exit code, since it
-would only fail again. SIGTERM or SIGINT stop every worker gracefully (uvicorn's 30 s), then
-the parent exits.
+would only fail again. A worker whose model fails to load or whose runtime fails to start
+exits 1 after logging why in one line (`aim serve`), and is started again like any other.
+SIGTERM or SIGINT stop every worker gracefully (uvicorn's 30 s), then the parent exits. SIGHUP
+is forwarded to every worker, which reloads its keys file; the parent and the workers keep
+serving.
 """
 
 from __future__ import annotations
@@ -124,9 +127,17 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGTERM)
 
+    def _forward_hup(self, *_: object) -> None:
+        log.info("SIGHUP: forwarded to every worker (keys reload)")
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGHUP)
+
     def run(self) -> int:
         """Serve until stopped; the exit code (0, or a worker's start-up failure)."""
         previous = {s: signal.signal(s, self._stop_all) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._forward_hup)
         code = 0
         try:
             for index in range(self.count):

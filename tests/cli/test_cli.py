@@ -171,3 +171,40 @@ def test_usage_takes_no_redis_url_flag(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit):
         main(["usage", "--redis-url", "redis://u:p@h/0"])
     assert "unrecognized arguments: --redis-url" in capsys.readouterr().err
+
+
+BAD_USAGE = [
+    (["calibrate", "--model", "digits", "--targets", "1.5"], "--targets 1.5"),
+    (["calibrate", "--model", "digits", "--targets", "0.05"], "1/10"),
+    (["calibrate", "--model", "nosuch", "--targets", "0.9"], "--model 'nosuch'"),
+    (["calibrate", "--model", "digits", "--targets", "0.9", "--inputs", "MISSING"], "no such"),
+    (["calibrate", "--model", "digits", "--targets", "0.9", "--inputs", "BAD"], "shape"),
+    (["eval", "utility", "--model", "digits", "--sigmas", "0,1", "--keys", "0"], "--keys 0"),
+    (["eval", "utility", "--model", "digits", "--sigmas", "0,1", "--keys", "-3"], "--keys -3"),
+    (["eval", "utility", "--model", "digits", "--sigmas", "0,-1"], "--sigmas 0,-1"),
+]
+
+
+@pytest.mark.parametrize(("argv", "named"), BAD_USAGE, ids=[" ".join(a) for a, _ in BAD_USAGE])
+def test_bad_cli_values_exit_2_with_one_line_naming_the_flag(
+    argv: list[str], named: str, tmp_path: Path
+) -> None:
+    """Issue 23: one line on stderr, no traceback, exit 2, nothing written."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    np.save(tmp_path / "bad.npy", np.zeros((3, 5, 5)))
+    paths = {"MISSING": str(tmp_path / "missing.npy"), "BAD": str(tmp_path / "bad.npy")}
+    argv = [paths.get(a, a) for a in argv]
+    if argv[0] == "eval":
+        argv += ["--out", str(tmp_path / "out")]
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", *argv], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith(f"aim {argv[0]}") and named in lines[0]
+    assert not (tmp_path / "out").exists()

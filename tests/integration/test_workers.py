@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.access.keys import create_key
+from service.access.keys import create_key, revoke_key
 from service.modulation import SharedRings
 
 from .conftest import LiveServer, free_port, start_server, stop_server
@@ -168,6 +168,32 @@ def test_metrics_are_merged_over_the_workers(ready: tuple[LiveServer, dict[str, 
     assert {s.get("gold/200", 0.0) - before for s in scrapes} == {float(sent)}
     assert scrapes[0]["sigma/gold"] == 0.0
     assert scrapes[0]["sigma/bronze"] == 4.0
+
+
+def test_sighup_reloads_the_keys_in_every_worker_and_all_keep_serving(
+    ready: tuple[LiveServer, dict[str, str]],
+) -> None:
+    """docs/DEPLOY.md tells operators to send SIGHUP after revoking a key: the supervisor
+    forwards it to every worker instead of dying, and the revoked key is refused by both."""
+    server, keys = ready
+    keys_file = server.log_path.parent / "keys.yaml"
+    _, doomed = create_key(keys_file, "silver", "doomed")
+    wait_all_ready(server, doomed)  # live in both workers
+    workers_before = sorted(children(server.process.pid))
+    hups_before = server.log().count("SIGHUP: reloading the keys file")
+    revoke_key(keys_file, "doomed")
+    os.kill(server.process.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.log().count("SIGHUP: reloading the keys file") >= hups_before + WORKERS:
+            break
+        time.sleep(0.1)
+    assert server.log().count("SIGHUP: reloading the keys file") >= hups_before + WORKERS
+    assert server.process.poll() is None
+    assert sorted(children(server.process.pid)) == workers_before  # nobody died or restarted
+    refused = [fresh(server, doomed, {"inputs": [ZERO]}).status_code for _ in range(12)]
+    assert refused == [401] * 12
+    wait_all_ready(server, keys["silver"])  # every worker still serves
 
 
 def test_a_dead_worker_is_started_again_and_a_stop_stops_all(
