@@ -273,10 +273,14 @@ def billed(url: str) -> dict[str, list[int]]:
     return {row["tier"]: [row["requests"], row["items"]] for row in rows}
 
 
-def test_aim_usage_reads_the_shared_usage(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+def test_aim_usage_reads_the_shared_usage(
+    stack: Stack, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert predict(stack.lb, stack.keys["gold"]).status_code == 200
     time.sleep(2.5)  # past a flush of both replicas
-    assert main(["usage", "--redis-url", stack.redis.url]) == 0
+    # The URL comes from the environment only: it may hold a password (`ps` shows flags).
+    monkeypatch.setenv("AIM_REDIS_URL", stack.redis.url)
+    assert main(["usage"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "account,tier,requests,items,tokens,errors"
     row = next(line for line in lines if line.startswith("ops-gold,gold,"))
