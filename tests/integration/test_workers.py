@@ -16,7 +16,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.access.keys import create_key, revoke_key
-from service.modulation import SharedRings
 
 from .conftest import LiveServer, free_port, start_server, stop_server
 from .test_scale_out import CONFIG, RATE, ZERO, Redis
@@ -106,12 +105,17 @@ def test_workers_remember_queries_in_one_shared_memory(
         assert path.decode() in Path(f"/proc/{pid}/maps").read_text()
         files.add(path.decode())
     assert len(files) == 1
-    store = SharedRings.open(Path(files.pop()))
-    before = store.entries()
+    # With AIM_REDIS_URL (set here) the memory both workers serve from is Redis; the file stays
+    # mapped as each worker's own memory for a Redis outage (issue 19 moved the shared memory).
+    import redis as redis_client
+
+    url = next(e for e in environ if e.startswith(b"AIM_REDIS_URL=")).split(b"=", 1)[1]
+    db = redis_client.Redis.from_url(url.decode())
+    before = len(db.keys("aim:replay:*"))
     digits = [[[(r * 3 + c * 5 + d) % 17 for c in range(8)] for r in range(8)] for d in range(6)]
     for digit in digits:
         assert fresh(server, keys["silver"], {"inputs": [digit]}).status_code == 200
-    assert store.entries() > before
+    assert len(db.keys("aim:replay:*")) > before
 
 
 def test_rate_limit_is_counted_once_for_all_workers(
