@@ -192,3 +192,44 @@ def test_two_different_keys_are_a_400_in_openai_shape(
     error = r.json()["error"]
     assert error["type"] == "invalid_request_error"
     assert "X-API-Key" in error["message"] and "Authorization: Bearer" in error["message"]
+
+
+def test_an_over_long_prompt_is_413_naming_the_field_before_any_tokenizing(
+    client: TestClient, api_keys: dict[str, str], model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.api.routes import openai as routes
+    from service.api.routes.openai_schemas import MAX_PROMPT_CHARS
+
+    tokenized: list[object] = []
+    monkeypatch.setattr(routes, "completion_prompt", lambda *a: tokenized.append(a))
+    monkeypatch.setattr(routes, "chat_prompt", lambda *a: tokenized.append(a))
+    long = "a" * (MAX_PROMPT_CHARS + 1)
+    gold = api_keys["gold"]
+    r = _post(client, "/v1/completions", gold, {"model": model, "prompt": long})
+    assert r.status_code == 413 and r.json()["error"]["param"] == "prompt"
+    messages = [{"role": "system", "content": "x"}, {"role": "user", "content": long}]
+    chat = {"model": model, "messages": messages}
+    r = _post(client, "/v1/chat/completions", gold, chat)
+    assert r.status_code == 413 and r.json()["error"]["param"] == "messages[1].content"
+    assert tokenized == []
+
+
+def test_limits_are_checked_before_the_prompt_is_tokenized(
+    client: TestClient, api_keys: dict[str, str], model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trial tier allows 2 requests a minute: the refused ones never reach the tokenizer."""
+    from service.api.routes import openai as routes
+
+    calls: list[object] = []
+    real = routes.completion_prompt
+
+    def counting(*args: object) -> object:
+        calls.append(args)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(routes, "completion_prompt", counting)
+    trial = api_keys["trial"]
+    body = {"model": model, "prompt": "the cow says", "max_tokens": 1}
+    statuses = [_post(client, "/v1/completions", trial, body).status_code for _ in range(4)]
+    assert statuses.count(429) >= 2
+    assert len(calls) == statuses.count(200)

@@ -24,7 +24,14 @@ from ..body import json_response, read_model, request_body
 from ..deps import Caller, CurrentCaller, InferenceCaller, State
 from ..state import AppState
 from .openai_run import Run, build_request, chat_prompt, completion_prompt, error_event, start
-from .openai_schemas import ChatRequest, CompletionRequest, Envelope, model_list, usage
+from .openai_schemas import (
+    ChatRequest,
+    CompletionRequest,
+    Envelope,
+    check_prompt_size,
+    model_list,
+    usage,
+)
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 _CREATED = int(time.time())  # the model list's `created`: when this server process started
@@ -95,24 +102,28 @@ async def _serve(
     caller: Caller,
     kind: type[CompletionRequest | ChatRequest],
 ) -> Response:
-    """The caller dependency has checked key, readiness, tier and queue; parse, then the tier
-    policy (rate limit; `logit_bias` is focus), then the answer."""
+    """The caller dependency has checked key, readiness, tier and queue; parse, cap the prompt's
+    length, then the tier policy (rate limit, quota; `logit_bias` is focus), then tokenize and
+    answer."""
     arrived = time.perf_counter()
     lm = _lm(caller)
     body = await read_model(request, kind)
     _check_model(body.model, state)
     if body.logprobs:
         raise InvalidInput("`logprobs`: not served yet", "logprobs")
-    if isinstance(body, ChatRequest):
-        prompt = chat_prompt(lm, body.messages)
-    else:
-        prompt = completion_prompt(lm, body.prompt)
+    check_prompt_size(body)
+    # Limits and quotas before the tokenizer and the chat template: a refused request costs
+    # no tokenizer time.
     try:
         caller = await caller.admit(1, bool(body.logit_bias))
     except Forbidden as exc:
         if exc.field != "focus":
             raise
         raise Forbidden(f"`logit_bias`: {exc.message}", "logit_bias") from None
+    if isinstance(body, ChatRequest):
+        prompt = chat_prompt(lm, body.messages)
+    else:
+        prompt = completion_prompt(lm, body.prompt)
     return await _answer(request, state, caller, lm, body, prompt, arrived)
 
 

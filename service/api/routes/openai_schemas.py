@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...errors import InvalidInput
+from ...errors import InvalidInput, PayloadTooLarge
 
 MAX_STOPS = 4  # as OpenAI
 MAX_LOGIT_BIAS = 300
@@ -77,6 +77,42 @@ class CompletionRequest(SamplingFields):
     echo: bool = Field(False, description="Only false (not supported).")
     suffix: None = Field(None, description="Not supported.")
     best_of: int | None = Field(None, ge=1, le=1, description="Only 1.")
+
+
+MAX_PROMPT_CHARS = 65_536
+"""The longest prompt a request may send, in characters (token ids: as many ids), counted over
+every message of a chat: well past any context this service's models take, and checked before
+the prompt is tokenized or the chat template applied (the 4 MiB body limit alone lets a request
+buy seconds of tokenizer time)."""
+
+
+def prompt_size(body: CompletionRequest | ChatRequest) -> tuple[int, str]:
+    """(size, field): the prompt's characters (or token ids), or the chat's characters in all,
+    with the field an over-long prompt is reported against."""
+    if isinstance(body, ChatRequest):
+        sizes = [_content_size(m.content) for m in body.messages]
+        longest = max(range(len(sizes)), key=sizes.__getitem__)
+        return sum(sizes), f"messages[{longest}].content"
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        return len(prompt), "prompt"
+    return sum(len(p) if isinstance(p, str) else 1 for p in prompt), "prompt"
+
+
+def _content_size(content: str | list[dict[str, Any]] | None) -> int:
+    if content is None or isinstance(content, str):
+        return len(content or "")
+    return sum(len(str(part.get("text", ""))) for part in content)
+
+
+def check_prompt_size(body: CompletionRequest | ChatRequest) -> None:
+    """413 naming the field when the prompt is longer than `MAX_PROMPT_CHARS`."""
+    size, where = prompt_size(body)
+    if size > MAX_PROMPT_CHARS:
+        raise PayloadTooLarge(
+            f"`{where}`: the prompt is {size} characters, over the limit of {MAX_PROMPT_CHARS}",
+            where,
+        )
 
 
 class ChatMessage(BaseModel):
