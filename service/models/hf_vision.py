@@ -9,7 +9,6 @@ naming the head or the missing file. Never touches the hub (``local_files_only``
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,44 +17,9 @@ from torch import nn
 
 from .base import VisionModel
 from .errors import ModelLoadError
+from .hf_config import KIND, hf_task, read_config
 from .preprocess import ImagePreprocessor
-from .spec import InputSpec, Task
-
-_KIND = "Hugging Face directory"
-_HEADS: dict[str, Task] = {
-    "ForImageClassification": "classification",
-    "ForSemanticSegmentation": "segmentation",
-    "ForCausalLM": "generation",
-}
-
-
-def hf_task(directory: str | Path) -> Task:
-    """The task of the model saved in ``directory``, from its config's architecture."""
-    config = _config(Path(directory))
-    architectures = config.get("architectures") or []
-    for arch in architectures:
-        for suffix, task in _HEADS.items():
-            if isinstance(arch, str) and arch.endswith(suffix):
-                return task
-    named = ", ".join(map(str, architectures)) or "none named in config.json"
-    raise ModelLoadError(
-        str(directory),
-        f"unsupported head {named} (supported: " + ", ".join(f"*{s}" for s in _HEADS) + ")",
-        _KIND,
-    )
-
-
-def _config(directory: Path) -> dict[str, Any]:
-    file = directory / "config.json"
-    if not file.is_file():
-        raise ModelLoadError(str(directory), "no config.json (not a save_pretrained folder)", _KIND)
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(str(file), f"{type(exc).__name__}: {exc}", _KIND) from exc
-    if not isinstance(data, dict):
-        raise ModelLoadError(str(file), "not a JSON object", _KIND)
-    return data
+from .spec import InputSpec
 
 
 class LogitsOnly(nn.Module):
@@ -80,9 +44,9 @@ def load_hf_vision(
     path = Path(directory)
     task = hf_task(path)
     if task == "generation":
-        raise ModelLoadError(str(path), "a causal LM: serve it with task: generation", _KIND)
+        raise ModelLoadError(str(path), "a causal LM: serve it with task: generation", KIND)
     preprocessor = ImagePreprocessor.from_file(path)
-    config = _config(path)
+    config = read_config(path)
     labels = _labels(config, path)
     try:
         import transformers
@@ -95,12 +59,12 @@ def load_hf_vision(
         model = auto.from_pretrained(str(path), local_files_only=True)
     except ImportError as exc:  # pragma: no cover - the llm extra installs it
         raise ModelLoadError(
-            str(path), "needs transformers (pip install 'aim[llm]')", _KIND
+            str(path), "needs transformers (pip install 'aim[llm]')", KIND
         ) from exc
     except Exception as exc:
         lines = str(exc).strip().splitlines()
         problem = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-        raise ModelLoadError(str(path), problem, _KIND) from exc
+        raise ModelLoadError(str(path), problem, KIND) from exc
     model.eval()
     rescale = preprocessor.rescale
     input_spec = InputSpec(
@@ -130,13 +94,13 @@ def load_hf_vision(
 def _labels(config: dict[str, Any], path: Path) -> list[str]:
     raw = config.get("id2label")
     if not isinstance(raw, dict) or not raw:
-        raise ModelLoadError(str(path), "config.json has no id2label", _KIND)
+        raise ModelLoadError(str(path), "config.json has no id2label", KIND)
     try:
         pairs = sorted((int(k), str(v)) for k, v in raw.items())
     except ValueError as exc:
-        raise ModelLoadError(str(path), f"config.json id2label: {exc}", _KIND) from None
+        raise ModelLoadError(str(path), f"config.json id2label: {exc}", KIND) from None
     if [i for i, _ in pairs] != list(range(len(pairs))):
-        raise ModelLoadError(str(path), "config.json id2label is not numbered 0..N-1", _KIND)
+        raise ModelLoadError(str(path), "config.json id2label is not numbered 0..N-1", KIND)
     labels = [v for _, v in pairs]
     if len(set(labels)) != len(labels):  # random configs name them LABEL_0..; real ones differ
         labels = [f"{v} ({i})" if labels.count(v) > 1 else v for i, v in enumerate(labels)]

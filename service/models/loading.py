@@ -14,7 +14,8 @@ import torch
 from .base import VisionModel
 from .causal_lm import CausalLM
 from .errors import ModelLoadError, describe_value
-from .hf_vision import hf_task, load_hf_vision
+from .hf_config import hf_task
+from .hf_vision import load_hf_vision
 from .loaders import (
     fixed_batch_size,
     load_export_with_metadata,

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
 from pydantic import field_validator as check
@@ -23,9 +23,8 @@ from pydantic import model_validator as check_model
 from ..validation import config_error
 from .errors import ModelLoadError, describe_value
 from .input_spec import InputSpec
+from .tasks import TASKS, Task
 
-Task = Literal["classification", "segmentation", "generation"]
-TASKS: tuple[str, ...] = ("classification", "segmentation", "generation")
 LOADERS: tuple[str, ...] = ("torchscript", "export", "factory", "huggingface")
 SHIPPED: tuple[str, ...] = ("digits", "digit-scenes")
 """The models shipped in the package (``shipped.py`` loads them), named instead of a spec."""
@@ -88,7 +87,7 @@ class ModelSpec(BaseModel):
             return data
         if data.get("loader") == "huggingface" and data.get("task") is None:
             # The directory's config names the task (its architecture's head).
-            from .hf_vision import hf_task
+            from .hf_config import hf_task
 
             path = data.get("path")
             if not isinstance(path, str) or not path.strip():

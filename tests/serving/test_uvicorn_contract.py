@@ -43,19 +43,22 @@ OVERRIDES = {
     "on_body",
     "on_message_complete",
     "on_response_complete",
+    "_start_asgi_task",
 }
 
 # sha256 of the source of the uvicorn methods whose behaviour server.py copies or relies on, as
 # reviewed with uvicorn 0.55.0: `data_received` is rewritten in GuardedHttpTools; the discard
 # branch of `on_message_complete` and the refusal in `on_headers_complete` repeat what the base
 # does after a request; `on_response_complete` re-arms keep-alive; `RequestResponseCycle.send`
-# writes a response's head in one write (coalescing.HeadWithBody relies on that).
+# writes a response's head in one write (coalescing.HeadWithBody relies on that);
+# `_start_asgi_task` is copied in GuardedHttpTools, which adds the slot release to the task.
 REVIEWED = {
     "HttpToolsProtocol.data_received": "02c2572f1df55907",
     "HttpToolsProtocol.on_headers_complete": "7e259152e5aade71",
     "HttpToolsProtocol.on_message_complete": "377f9122ee6f3ab8",
     "HttpToolsProtocol.on_response_complete": "5684fd801d0683ac",
     "RequestResponseCycle.send": "cfc84491029529db",
+    "HttpToolsProtocol._start_asgi_task": "7b5e573c86b798b0",
 }
 
 
