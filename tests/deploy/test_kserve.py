@@ -1,23 +1,26 @@
-"""deploy/kserve: the InferenceService validates offline against KServe's own CRD schema
-(deploy/kserve/schema, from a KServe release), and agrees with the service and with deploy/k8s.
+"""deploy/kserve: the InferenceService validates offline against the schema of KServe's own
+released Python SDK (the `kserve` package's models and the `kubernetes` client models they
+reference, turned into a JSON Schema by kserve_sdk_schema.py), and agrees with the service and
+with deploy/k8s.
 
-The CRD schema, like the API server, accepts unknown fields (it prunes them); `strict` also
-refuses them wherever the schema lists the properties and does not preserve unknown ones, as
-`kubernetes-validate --strict` does for deploy/k8s, so that a misspelt field cannot pass.
+The schema refuses unknown fields, as `kubernetes-validate --strict` does for deploy/k8s, so that
+a misspelt field cannot pass.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import kserve.models
+import kubernetes.client
 import pytest
 import yaml
 
+from .kserve_sdk_schema import inference_service_schema, sdk_version
 from .test_manifests import (
     CONFIG_PATH,
     KEYS_PATH,
@@ -31,38 +34,18 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 KSERVE = ROOT / "deploy" / "kserve"
-SCHEMA = KSERVE / "schema" / "inferenceservice-v1beta1.json"
 OIP_READINESS_ROUTE = "/v2/health/ready"
 
 
-def strict(schema: Any) -> Any:
-    """`schema` with `additionalProperties: false` on every object that lists its properties
-    and neither preserves unknown fields nor says what else it takes."""
-    if isinstance(schema, list):
-        return [strict(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {}
-    for key, value in schema.items():
-        if key == "properties":
-            out[key] = {name: strict(sub) for name, sub in value.items()}
-        else:
-            out[key] = strict(value)
-    if (
-        "properties" in schema
-        and "additionalProperties" not in schema
-        and not schema.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        out["additionalProperties"] = False
-    return out
+@pytest.fixture(scope="module")
+def schema() -> dict[str, Any]:
+    return inference_service_schema()
 
 
 @pytest.fixture(scope="module")
-def validator() -> jsonschema.protocols.Validator:
-    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(strict(schema))
+def validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
 
 
 def errors(validator: jsonschema.protocols.Validator, obj: Any) -> list[str]:
@@ -86,12 +69,20 @@ def predictor_container(isvc: dict[str, Any]) -> dict[str, Any]:
     return container  # type: ignore[no-any-return]
 
 
-def test_the_schema_is_kserves_and_ships_with_its_licence() -> None:
-    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
-    assert schema["properties"]["spec"]["required"] == ["predictor"]
-    assert "containers" in schema["properties"]["spec"]["properties"]["predictor"]["properties"]
-    licence = (KSERVE / "schema" / "LICENSE").read_text(encoding="utf-8")
-    assert "Apache License" in licence and "Version 2.0" in licence
+def test_the_schema_is_the_sdks(schema: dict[str, Any]) -> None:
+    """Built from the installed SDK's models: KServe's own, and Kubernetes' where KServe refers to
+    them, each field under its JSON name."""
+    assert sdk_version() in schema["title"]
+    defs = schema["$defs"]
+    assert schema["$ref"] == "#/$defs/V1beta1InferenceService"
+    assert set(defs["V1beta1PredictorSpec"]["properties"]) == set(
+        kserve.models.V1beta1PredictorSpec.attribute_map.values()
+    )
+    assert set(defs["V1Container"]["properties"]) == set(
+        kubernetes.client.V1Container.attribute_map.values()
+    )
+    assert defs["V1beta1InferenceServiceSpec"]["required"] == ["predictor"]
+    assert defs["V1Container"]["required"] == ["name"]
 
 
 def test_the_shipped_inference_service_is_valid(validator: jsonschema.protocols.Validator) -> None:
@@ -144,6 +135,25 @@ def broken_copies() -> Iterator[tuple[str, str, dict[str, Any]]]:
         "spec/predictor",
         variant(lambda o: o["spec"]["predictor"].__setitem__("minReplica", 2)),
     )
+    yield (
+        "an unknown field in a container",
+        "spec/predictor/containers/0",
+        variant(lambda o: predictor_container(o).__setitem__("readinesProbe", {})),
+    )
+    yield (
+        "a secret key reference without its required key",
+        "spec/predictor/containers/0/env/0/valueFrom/secretKeyRef",
+        variant(lambda o: predictor_container(o)["env"][0]["valueFrom"]["secretKeyRef"].pop("key")),
+    )
+    yield (
+        "an annotation of the wrong type",
+        "metadata/annotations/serving.kserve.io/targetUtilizationPercentage",
+        variant(
+            lambda o: o["metadata"]["annotations"].__setitem__(
+                "serving.kserve.io/targetUtilizationPercentage", 70
+            )
+        ),
+    )
 
 
 @pytest.mark.parametrize(
@@ -155,6 +165,31 @@ def test_a_broken_inference_service_is_rejected(
     found = errors(validator, isvc)
     assert found, f"{what}: accepted"
     assert any(e.startswith(f"{where}:") for e in found), found
+
+
+def set_probe_port_by_name(isvc: dict[str, Any]) -> None:
+    container = predictor_container(isvc)
+    container["ports"][0]["name"] = "http"
+    container["readinessProbe"]["httpGet"]["port"] = "http"
+
+
+ACCEPTED: dict[str, Callable[[dict[str, Any]], None]] = {
+    # Quantities are strings or numbers (`cpu: 2`), though the client types them as strings.
+    "a quantity as a number": lambda o: predictor_container(o)["resources"]["requests"].__setitem__(
+        "cpu", 2
+    ),
+    # IntOrString: a probe's port by number or by name.
+    "a probe's port by name": set_probe_port_by_name,
+}
+
+
+@pytest.mark.parametrize("what", list(ACCEPTED))
+def test_what_kubernetes_accepts_in_another_form_passes(
+    validator: jsonschema.protocols.Validator, what: str
+) -> None:
+    isvc = inference_service()
+    ACCEPTED[what](isvc)
+    assert errors(validator, isvc) == []
 
 
 def test_the_predictor_probes_the_protocols_readiness_and_the_liveness_route() -> None:
