@@ -4,8 +4,10 @@ Families (each seeded, so every figure reproduces): 1-pixel shifts (8 directions
 ×0.85–1.15, contrast ×0.85–1.15 about the image mean, jitter of std up to 10% of the range, two
 dropped bright pixels (``drop2``), dropped pixels (5% set to 0), slight blur (a 3×3 Gaussian of
 σ 0.5 mixed in). ``mixed`` draws a family per copy. ``UNSEEN`` are label-preserving transforms
-the digest was not trained on (gamma 0.8–1.25, a 2×2 patch erased), to check invariance beyond
-the list.
+the digest was not trained on specifically (gamma 0.8–1.25; a 2×2 patch erased — since the digest
+trains with generic random erasing of random-size rectangles it is no longer fully unseen; a
+horizontal shear of ±0.1–0.2, which the digest's rotations and rescalings do not include), to
+check invariance beyond the list.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from service.modulation import sigma_for_agreement, survival_probability
 
 FAMILIES = ("shift", "brightness", "contrast", "jitter", "drop2", "dropout", "blur")
-UNSEEN = ("gamma", "erase")
+UNSEEN = ("gamma", "erase", "shear")
 
 
 def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -75,6 +77,17 @@ def augment(x: torch.Tensor, family: str, gen: torch.Generator, high: float = 16
         cols = torch.randint(0, w - 1, (n,), generator=gen)
         for i in range(n):
             out[i, rows[i] : rows[i] + 2, cols[i] : cols[i] + 2] = 0
+    elif family == "shear":
+        # x' = x + k·y about the centre, |k| 0.1-0.2, bilinear, zero outside.
+        k = (0.1 + 0.1 * torch.rand(n, generator=gen)) * torch.sign(
+            torch.rand(n, generator=gen) - 0.5
+        )
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0] = 1.0
+        theta[:, 0, 1] = k
+        theta[:, 1, 1] = 1.0
+        grid = F.affine_grid(theta, [n, 1, *x.shape[-2:]], align_corners=False)
+        out = F.grid_sample(x[:, None], grid, align_corners=False)[:, 0]
     elif family == "dropout":
         out = x * (torch.rand(x.shape, generator=gen) >= 0.05)
     elif family == "blur":

@@ -2,9 +2,10 @@
 
 SimCLR's recipe, small: every step draws a batch of inputs, makes two augmented views of each
 (a random label-preserving family, sometimes two composed) and trains with NT-Xent, so a view is
-nearest its twin among all 2B views. The families are those an attacker votes over: shifts of
+nearest its twin among all 2B views. The families are generic label-preserving ones: shifts of
 1-2 pixels (diagonals too), brightness and contrast ×0.8-1.2, jitter up to 12% of the range,
-1-3 dropped bright pixels and 5% random dropout, slight blur, small rotations and rescalings.
+1-4 dropped bright pixels and 5% random dropout, slight blur, small rotations and rescalings,
+and random erasing of one rectangle (torchvision's default sizes), for occlusions in general.
 
 ``separation`` measures what the memory needs: per family, the cosine of an augmented copy to
 its original, against each input's nearest *distinct* input; ``pick_threshold`` places the
@@ -21,7 +22,17 @@ import torch.nn.functional as F
 
 from .digest import DigestEncoder
 
-FAMILIES = ("shift", "brightness", "contrast", "jitter", "drop", "dropout", "blur", "affine")
+FAMILIES = (
+    "shift",
+    "brightness",
+    "contrast",
+    "jitter",
+    "drop",
+    "dropout",
+    "blur",
+    "affine",
+    "erase",
+)
 
 
 def _shift(x: torch.Tensor, gen: torch.Generator, low: float) -> torch.Tensor:
@@ -57,15 +68,35 @@ def _blur(x: torch.Tensor) -> torch.Tensor:
 
 
 def _drop(x: torch.Tensor, gen: torch.Generator, low: float) -> torch.Tensor:
-    """1-3 of each image's bright pixels (above its median) set to the background."""
+    """1-4 of each image's bright pixels (above its median) set to the background."""
     n = x.shape[0]
     flat = x.mean(dim=1).reshape(n, -1)
     bright = flat > flat.median(dim=1, keepdim=True).values
     score = torch.rand(flat.shape, generator=gen) * bright
-    k = torch.randint(1, 4, (n, 1), generator=gen)
+    k = torch.randint(1, 5, (n, 1), generator=gen)
     ranks = score.argsort(dim=1, descending=True).argsort(dim=1)
     hit = (ranks < k) & bright
     return x.masked_fill(hit.view(n, 1, *x.shape[-2:]), low)
+
+
+def _erase(x: torch.Tensor, gen: torch.Generator, low: float) -> torch.Tensor:
+    """Random erasing (Zhong et al.; torchvision's defaults): one rectangle of 2-33% of the
+    image's area, aspect ratio 0.3-3.3, anywhere, set to the background. Generic occlusion,
+    not a particular patch size."""
+    n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    area = h * w * (0.02 + 0.31 * torch.rand(n, generator=gen))
+    ratio = torch.exp(
+        math.log(0.3) + (math.log(3.3) - math.log(0.3)) * torch.rand(n, generator=gen)
+    )
+    eh = (area * ratio).sqrt().round().clamp(1, h).long()
+    ew = (area / ratio).sqrt().round().clamp(1, w).long()
+    top = (torch.rand(n, generator=gen) * (h - eh + 1)).long()
+    left = (torch.rand(n, generator=gen) * (w - ew + 1)).long()
+    ys = torch.arange(h).view(1, h, 1)
+    xs = torch.arange(w).view(1, 1, w)
+    box = (ys >= top.view(n, 1, 1)) & (ys < (top + eh).view(n, 1, 1))
+    box = box & (xs >= left.view(n, 1, 1)) & (xs < (left + ew).view(n, 1, 1))
+    return x.masked_fill(box[:, None], low)
 
 
 def _affine(x: torch.Tensor, gen: torch.Generator, low: float) -> torch.Tensor:
@@ -105,6 +136,8 @@ def augment(
         out = x + (0.2 + 0.6 * torch.rand(per, generator=gen)) * (_blur(x) - x)
     elif family == "affine":
         out = _affine(x, gen, low)
+    elif family == "erase":
+        out = _erase(x, gen, low)
     else:
         raise ValueError(f"family: {family!r} is not one of {', '.join(FAMILIES)}")
     return out.clamp(low, high)
