@@ -7,19 +7,15 @@ No auth; one worker, one API server; torch uses every core (LitServe's default).
     python bench/peers/litserve_hf.py PORT MODEL_DIR DEVICE BATCH
 """
 
-import base64
-import io
 import logging
 import sys
 from pathlib import Path
 
 import litserve as ls
 import torch
-from fastapi import HTTPException
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer_model import encode, modulate
+from peer_model import encode, image_from_body, modulate, run_litserve
 
 
 class HFImageAPI(ls.LitAPI):
@@ -38,11 +34,7 @@ class HFImageAPI(ls.LitAPI):
         self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
 
     def decode_request(self, request):
-        try:
-            data = base64.b64decode(request["inputs"][0]["image_b64"])
-            image = Image.open(io.BytesIO(data)).convert("RGB")
-        except Exception:
-            raise HTTPException(422, "inputs[0].image_b64: not a PNG/JPEG image") from None
+        image = image_from_body(request)
         return self.processor(image, return_tensors="pt")["pixel_values"][0]
 
     def batch(self, inputs):
@@ -62,13 +54,4 @@ class HFImageAPI(ls.LitAPI):
 if __name__ == "__main__":
     port, model_dir, device, batch = sys.argv[1:5]
     api = HFImageAPI(model_dir, max_batch_size=int(batch), batch_timeout=0.002)
-    server = ls.LitServer(
-        api, accelerator=device, workers_per_device=1, timeout=60, fast_queue=True
-    )
-    server.run(
-        host="127.0.0.1",
-        port=int(port),
-        num_api_servers=1,
-        log_level="warning",
-        generate_client_file=False,
-    )
+    run_litserve(api, int(port), device)

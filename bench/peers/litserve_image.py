@@ -8,19 +8,15 @@ adds fresh Gaussian noise (σ = 4) to the logits. No auth; one worker, one API s
     python bench/peers/litserve_image.py PORT MODEL_PATH DEVICE SIDE BATCH
 """
 
-import base64
-import io
 import sys
 from pathlib import Path
 
 import litserve as ls
 import numpy as np
 import torch
-from fastapi import HTTPException
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer_model import encode, modulate
+from peer_model import encode, image_from_body, modulate, run_litserve
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -37,11 +33,7 @@ class ImageAPI(ls.LitAPI):
         self.labels = [f"class-{i}" for i in range(1000)]
 
     def decode_request(self, request):
-        try:
-            data = base64.b64decode(request["inputs"][0]["image_b64"])
-            image = Image.open(io.BytesIO(data)).convert("RGB").resize((self.side, self.side))
-        except Exception:
-            raise HTTPException(422, "inputs[0].image_b64: not a PNG/JPEG image") from None
+        image = image_from_body(request).resize((self.side, self.side))
         x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
         return (x - MEAN) / STD
 
@@ -62,13 +54,4 @@ class ImageAPI(ls.LitAPI):
 if __name__ == "__main__":
     port, model_path, device, side, batch = sys.argv[1:6]
     api = ImageAPI(model_path, int(side), max_batch_size=int(batch), batch_timeout=0.002)
-    server = ls.LitServer(
-        api, accelerator=device, workers_per_device=1, timeout=60, fast_queue=True
-    )
-    server.run(
-        host="127.0.0.1",
-        port=int(port),
-        num_api_servers=1,
-        log_level="warning",
-        generate_client_file=False,
-    )
+    run_litserve(api, int(port), device)

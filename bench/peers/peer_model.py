@@ -33,3 +33,35 @@ def encode(row: torch.Tensor, labels: list[str], top_k: int = TOP_K) -> dict[str
         for s, i in zip(scores.tolist(), indices.tolist(), strict=True)
     ]
     return {**top[0], "top_k": top}
+
+
+def image_from_body(request: Any) -> Any:
+    """The PIL RGB image of `{"inputs": [{"image_b64": ...}]}` (the body `aim serve` takes);
+    a 422 naming the field when it is not one."""
+    import base64
+    import io
+
+    from fastapi import HTTPException
+    from PIL import Image
+
+    try:
+        data = base64.b64decode(request["inputs"][0]["image_b64"])
+        return Image.open(io.BytesIO(data)).convert("RGB")
+    except Exception:
+        raise HTTPException(422, "inputs[0].image_b64: not a PNG/JPEG image") from None
+
+
+def run_litserve(api: Any, port: int, device: str) -> None:
+    """An image peer as LitServe runs it: one worker on ``device``, one API server, `fast_queue`."""
+    import litserve as ls
+
+    server = ls.LitServer(
+        api, accelerator=device, workers_per_device=1, timeout=60, fast_queue=True
+    )
+    server.run(
+        host="127.0.0.1",
+        port=port,
+        num_api_servers=1,
+        log_level="warning",
+        generate_client_file=False,
+    )
