@@ -10,6 +10,7 @@ starts the worker on the running event loop.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,8 +107,11 @@ class Runtime:
     def task(self) -> str:
         return str(self.adapter.task)
 
-    def start(self, settings: Settings, metrics: Metrics) -> None:
-        """Start the worker on the running event loop."""
+    def start(
+        self, settings: Settings, metrics: Metrics, in_server: Callable[[], int] | None = None
+    ) -> None:
+        """Start the worker on the running event loop; ``in_server`` counts the inference
+        requests inside the server (the edge guard's), for the batcher's patience."""
         for tier in self.tiers:
             metrics.set_sigma(tier.name, tier.sigma)
         queue: dict[str, Any] = {
@@ -126,7 +130,10 @@ class Runtime:
             on_cpu = getattr(self.adapter, "device", torch.device("cpu")).type == "cpu"
             bound = settings.forward_on_loop_ms / 1000.0
             self.batcher = Batcher(
-                self.engine.run, on_loop_below_s=bound if on_cpu and bound > 0 else None, **queue
+                self.engine.run,
+                on_loop_below_s=bound if on_cpu and bound > 0 else None,
+                in_server=in_server,
+                **queue,
             )
             self.batcher.start()
 
@@ -175,7 +182,9 @@ def load_runtime(
     images = spec.calibration if isinstance(spec, ModelSpec) else None
     calibration = calibration_set(adapter, config.model, config.tiers, images)
     cache = CalibrationCache(settings.cache_dir / "calibration.json")
-    # Keyed noise is a fixed function: σ is calibrated on the agreement it actually serves.
+    # Keyed noise is a fixed function: σ is calibrated on the agreement it actually serves (for
+    # classifiers, through the replay memory keyed on ``digest``).
     served = source if isinstance(source, KeyedNoise) else None
-    tiers = build_tiers(config.tiers, tier_sigmas(config.tiers, calibration, cache, served))
+    sigmas = tier_sigmas(config.tiers, calibration, cache, served, digest)
+    tiers = build_tiers(config.tiers, sigmas)
     return Runtime(model_name(config.model), adapter, tiers, source, digest, digest_info)

@@ -47,7 +47,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, le=4096)
     """Most rows (inputs) in one forward pass."""
     max_wait_ms: float = Field(2.0, ge=0, le=1000)
-    """How long the batcher waits for more requests once it has one."""
+    """How long the batcher waits for more requests once it has one. A slow model's batch may
+    wait longer, up to a tenth of its recent batch time, but only while requests already inside
+    the server are not yet in it (`serving/queue.py`, `collect_batch`)."""
     queue_size: int = Field(256, ge=1)
     """Most requests waiting for a forward pass, and most waiting at the edge for a slot; a
     full queue answers 503 at once."""

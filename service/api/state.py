@@ -56,6 +56,8 @@ class AppState:
         """Called once with `load_error` when loading or the worker's start fails."""
         self._loader: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
+        self.in_server: Callable[[], int] | None = None
+        """Counts the inference requests inside the server (set by the edge guard)."""
 
     # Life cycle -------------------------------------------------------------------------------
 
@@ -74,7 +76,7 @@ class AppState:
             self._failed("model failed to load", exc)
             return
         try:
-            runtime.start(self.settings, self.metrics)
+            runtime.start(self.settings, self.metrics, self.in_server)
         except Exception as exc:  # e.g. the workers' shared memory file cannot be opened
             self._failed("model runtime failed to start", exc)
             return

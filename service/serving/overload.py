@@ -131,6 +131,8 @@ class OverloadGuard:
         self.refused = 0
         self._logged_at = 0.0
         self._logged_count = 0
+        # The batcher waits a little for requests that are in the server but not yet queued.
+        state.in_server = lambda: self.in_flight
 
     @property
     def max_in_flight(self) -> int:

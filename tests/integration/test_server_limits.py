@@ -351,8 +351,9 @@ def test_the_overload_guard_refuses_only_inference_posts_while_the_queue_is_full
     scope: dict[str, Any] = {}
     assert guard(b"POST", b"/predict", [], scope) is None
     assert guard.in_flight == 2
+    assert state.in_server() == 2  # what the batcher's patience counts (collect_batch)
     scope["aim.admission"].release()
-    assert guard.in_flight == 1
+    assert guard.in_flight == 1 and state.in_server() == 1
     counted = state.metrics.requests.labels("none", "/predict", "503")._value.get()
     assert counted == 1  # the bronze refusal on /predict
 

@@ -59,6 +59,43 @@ async def test_collect_batch_keeps_order_when_an_item_does_not_fit() -> None:
     assert [p.item.value for p in second] == [1, 2]
 
 
+async def test_collect_batch_waits_for_requests_already_in_the_server() -> None:
+    # Three requests are in the server; two reach the queue 30 ms after the first (their
+    # clients just got the last batch's answers): the batch waits for them, past max_wait.
+    queue: TierQueue[Item] = TierQueue(64)
+    queue.put(_pending(Item(1, value=0)))
+
+    async def later() -> None:
+        await asyncio.sleep(0.03)
+        for v in (1, 2):
+            queue.put(_pending(Item(1, value=v)))
+
+    task = asyncio.ensure_future(later())
+    batch = await collect_batch(queue, 32, max_wait=0.0, patience=30.0, in_server=lambda: 3)
+    await task
+    assert [p.item.value for p in batch] == [0, 1, 2]
+
+
+async def test_collect_batch_never_keeps_a_lone_request_waiting() -> None:
+    # One request in the server, a minute of patience: the batch goes at once (the guard is a
+    # deadline for a hang, not a timing assertion).
+    queue: TierQueue[Item] = TierQueue(64)
+    queue.put(_pending(Item(1)))
+    collect = collect_batch(queue, 32, max_wait=0.0, patience=60.0, in_server=lambda: 1)
+    batch = await asyncio.wait_for(collect, 10.0)
+    assert len(batch) == 1
+
+
+async def test_collect_batch_stops_waiting_when_patience_runs_out() -> None:
+    # The edge counts a request that never reaches the queue (say it was refused): the batch
+    # still goes once patience runs out.
+    queue: TierQueue[Item] = TierQueue(64)
+    queue.put(_pending(Item(1)))
+    collect = collect_batch(queue, 32, max_wait=0.0, patience=0.05, in_server=lambda: 2)
+    batch = await asyncio.wait_for(collect, 10.0)
+    assert len(batch) == 1
+
+
 @pytest.mark.parametrize(
     ("ranks", "max_rows", "expected"),
     [
