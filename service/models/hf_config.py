@@ -36,13 +36,20 @@ def hf_task(directory: str | Path) -> Task:
 
 
 def read_config(directory: Path) -> dict[str, Any]:
-    file = directory / "config.json"
+    missing = "no config.json (not a save_pretrained folder)"
+    return read_json_object(directory, "config.json", missing, KIND)
+
+
+def read_json_object(directory: Path, name: str, missing: str, kind: str) -> dict[str, Any]:
+    """``directory/name`` as a JSON object. ModelLoadError in one line: ``missing`` naming the
+    directory when the file is not there, else the file and its problem (as a ``kind``)."""
+    file = directory / name
     if not file.is_file():
-        raise ModelLoadError(str(directory), "no config.json (not a save_pretrained folder)", KIND)
+        raise ModelLoadError(str(directory), missing, KIND)
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(str(file), f"{type(exc).__name__}: {exc}", KIND) from exc
+        raise ModelLoadError(str(file), f"{type(exc).__name__}: {exc}", kind) from exc
     if not isinstance(data, dict):
-        raise ModelLoadError(str(file), "not a JSON object", KIND)
+        raise ModelLoadError(str(file), "not a JSON object", kind)
     return data

@@ -11,7 +11,6 @@ model's own processor (tests/models/test_hf_vision.py), with no transformers cal
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ModelLoadError, describe_value
+from .hf_config import read_json_object
 
 PROCESSOR_FILE = "preprocessor_config.json"
 _KIND = "image processor config"
@@ -84,19 +84,9 @@ class ImagePreprocessor:
     def from_file(cls, directory: str | Path) -> ImagePreprocessor:
         """The processor saved in ``directory``; ModelLoadError names a missing file or an
         unsupported setting (one line, at start-up)."""
+        missing = f"no {PROCESSOR_FILE} (save the model's image processor with save_pretrained)"
+        data = read_json_object(Path(directory), PROCESSOR_FILE, missing, _KIND)
         file = Path(directory) / PROCESSOR_FILE
-        if not file.is_file():
-            raise ModelLoadError(
-                str(directory),
-                f"no {PROCESSOR_FILE} (save the model's image processor with save_pretrained)",
-                "Hugging Face directory",
-            )
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelLoadError(str(file), f"{type(exc).__name__}: {exc}", _KIND) from exc
-        if not isinstance(data, dict):
-            raise ModelLoadError(str(file), "not a JSON object", _KIND)
         try:
             return _parse(data)
         except ValueError as exc:

@@ -118,3 +118,12 @@ def test_unsupported_processor_settings_are_named(
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match=problem):
         ImagePreprocessor.from_file(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["vit", "resnet", "segformer"])
+def test_the_forward_runs_as_one_traced_graph(hf_vision_dirs: dict[str, Path], name: str) -> None:
+    # Eager, each op gives the GIL back and waits for it behind the event loop and the
+    # decoding threads; the trace (checked equal to eager at load) is one call without it.
+    model = load_model(hf_vision_dirs[name])
+    model.forward(torch.zeros(2, *model.input_spec.shape))
+    assert isinstance(model._graphs.get("forward"), torch.jit.ScriptModule)
