@@ -31,7 +31,11 @@ group).
                                     [--workers N] [--out FILE]
 
 `--workers N` runs ours as `aim serve --workers N` (service/serving/workers.py) with a private
-redis-server for the limits and usage the workers share.
+redis-server for the limits and usage the workers share. `--servers ours,ours-redis` adds ours
+with `AIM_REDIS_URL` (a private redis-server holding the replay memory, one Lua call per batch,
+and the limits and usage) and ends with the line `ours-redis/ours req/s ratio: …, p99 ratio: …`:
+what one memory for every replica costs one replica (its CPU figures leave out
+redis-server's own).
 """
 
 from __future__ import annotations
@@ -69,7 +73,8 @@ from peers.harness import (
     wrk_command,
 )
 
-SERVERS = ("ours", "litserve", "fastapi", "floor")
+SERVERS = ("ours", "litserve", "fastapi", "floor", "ours-redis")
+DEFAULT_SERVERS = ("ours", "litserve", "fastapi", "floor")
 SCRIPTS = {
     "litserve": "litserve_server.py",
     "fastapi": "plain_fastapi.py",
@@ -83,7 +88,7 @@ def build_server(
 ) -> tuple[Server, list[tuple[str, str]]]:
     port = free_port()
     threads = threads_env(args.torch_threads)
-    if name == "ours":
+    if name in ("ours", "ours-redis"):
         env = {
             "AIM_MAX_BATCH_SIZE": str(args.max_batch_size),
             "AIM_MAX_WAIT_MS": str(args.max_wait_ms),
@@ -91,7 +96,7 @@ def build_server(
             "AIM_WORKERS": str(args.workers),
             **threads,
         }
-        return aim_server(workdir, port, env, keys_per_tier=args.keys_per_tier)
+        return aim_server(workdir, port, env, keys_per_tier=args.keys_per_tier, name=name)
     server = Server(
         name=name,
         command=[sys.executable, str(PEERS / SCRIPTS[name]), str(port)],
@@ -117,7 +122,9 @@ def bench_one(
     url = f"{server.base_url}/predict"
     print(f"[{name}] starting on {HOST}:{server.port} ...", flush=True)
     with contextlib.ExitStack() as stack:
-        if name == "ours" and args.workers > 1:  # the workers count limits and usage in Redis
+        # The workers count limits and usage in Redis; ours-redis also keeps its replay memory
+        # there (one Lua call per batch), the cost of one memory for every replica.
+        if name == "ours-redis" or (name == "ours" and args.workers > 1):
             server.env["AIM_REDIS_URL"] = stack.enter_context(redis_server(workdir))
         return measure(name, server, keys, keys_file, url, bodies_file, body, args, workdir)
 
@@ -147,7 +154,7 @@ def measure(
             run_wrk(warm, args.warmup, workdir / f"{name}-warmup.txt")
         print(f"[{name}] measuring for {args.duration:.0f} s", flush=True)
         cpu_before = cpu_seconds(server.proc.pid) if server.proc else 0.0
-        batches_before = batch_totals(server.base_url) if name == "ours" else None
+        batches_before = batch_totals(server.base_url) if name.startswith("ours") else None
         result = run_wrk(
             wrk_command(url, duration=args.duration, **common),
             args.duration,
@@ -244,7 +251,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
-    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset")
+    parser.add_argument(
+        "--servers",
+        default=",".join(DEFAULT_SERVERS),
+        help=f"comma-separated, of {','.join(SERVERS)}",
+    )
     parser.add_argument("--inputs", type=int, default=64, help="distinct held-out digits")
     parser.add_argument("--keys-per-tier", type=int, default=1)
     parser.add_argument("--max-batch-size", type=int, default=32, help="ours: AIM_MAX_BATCH_SIZE")
@@ -324,6 +335,12 @@ def main() -> int:
     ls_ = ratios["ours/litserve"]
     print(f"ours/litserve req/s ratio: {fmt(ls_['rps'])}, p99 ratio: {fmt(ls_['p99'])}")
     print(f"ours/floor req/s share: {fmt(ratios['ours/floor']['rps'])}")
+    if "ours-redis" in results:
+        rps = ratio(metric("ours-redis", "rps"), metric("ours", "rps"))
+        p99 = ratio(metric("ours-redis", "p99"), metric("ours", "p99"))
+        payload["ratios"]["ours-redis/ours"] = {"rps": rps, "p99": p99}
+        args.out.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"ours-redis/ours req/s ratio: {fmt(rps)}, p99 ratio: {fmt(p99)}")
     return 1 if any("error" in r for r in results.values()) else 0
 
 

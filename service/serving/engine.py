@@ -37,7 +37,8 @@ from ..modulation import (
 )
 from ..observability.metrics import Metrics
 from .answers import AnswerMemory
-from .replay_redis import RedisAnswerMemory, RedisReplayMemory
+from .canvases import CanvasMemory
+from .replay_redis import Answers, RedisReplayMemory, with_answers
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +97,12 @@ class Engine:
         # Not `memory or ...`: an empty memory has len 0 and is falsy.
         self.memory = (memory if memory is not None else ReplayMemory()) if keyed else None
         self.digest = digest.to(model.device) if digest is not None and keyed else None
-        self.answers: Any = None
-        if self.memory is not None:
-            local = AnswerMemory()
-            self.answers = local
-            if isinstance(self.memory, RedisReplayMemory):
-                self.answers = RedisAnswerMemory(self.memory, local)
+        # The replica's own answers; with Redis they serve only while Redis fails (else the
+        # memory's one round trip per batch returns the shared answers with the cells).
+        self.answers = AnswerMemory() if self.memory is not None else None
+        self.redis = self.memory if isinstance(self.memory, RedisReplayMemory) else None
+        segmenter = isinstance(source, KeyedNoise) and model.task == "segmentation"
+        self.canvases = CanvasMemory() if segmenter else None
         if self.memory is not None and self.digest is not None:
             # The digest's unit vectors need no centre; its training chose the threshold.
             self.memory.threshold = self.digest.threshold
@@ -134,11 +135,17 @@ class Engine:
         seeds = torch.tensor([it.seed for it in per_row], dtype=torch.int64).to(device)
         spatial = (int(logits.shape[2]), int(logits.shape[3])) if logits.dim() == 4 else None
         fld = focus_field([it.focus for it in per_row], logits.shape[1], spatial, device)
-        cells = self._cells(logits, embedding, seeds, sigma, fld, per_row)
-        params = BatchModulation(sigma.to(device), seeds, fld, cells)
-        out = modulate(logits, params, self.source)
-        if cells is not None and self.answers is not None:
-            out = self._remembered(out, cells, sigma, fld, per_row)
+        if self.redis is not None and embedding is not None and logits.dim() == 2:
+            out = self._through_redis(logits, embedding, seeds, sigma, fld, per_row)
+        else:
+            cells = self._cells(logits, embedding, seeds, sigma, fld, per_row)
+            params = BatchModulation(sigma.to(device), seeds, fld, cells)
+            out = modulate(logits, params, self.source)
+            if cells is not None and self.answers is not None:
+                out = self._remembered(out, cells, sigma, fld, per_row)
+        if self.canvases is not None:  # shifted canvases: the first mask, shifted
+            focused = focus_rows(fld, len(per_row)).tolist()
+            out = self.canvases.apply(x, out, [it.tier for it in per_row], sigma.tolist(), focused)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
@@ -167,11 +174,12 @@ class Engine:
             with torch.inference_mode():
                 return self.model.forward(x), self.digest(x)
         embed = getattr(self.model, "forward_with_embedding", None)
-        if embed is not None:
+        if embed is None:
+            logits = self.model.forward(x)
+        else:  # VisionModel answers (logits, None) for a network without an embedding
             logits, embedding = embed(x)
             if embedding is not None:
                 return logits, embedding
-        logits = self.model.forward(x)
         # Models without an embedding (TorchScript files, ...): the centred logits stand in.
         return logits, logits - logits.mean(dim=1, keepdim=True)
 
@@ -189,20 +197,12 @@ class Engine:
         if self.memory is None or embedding is None or not isinstance(self.source, KeyedNoise):
             return None
         cells = self.source.fine_cells(logits, seeds)
-        if fld is None:  # σ as the float32 values modulate() compares
-            rows = [i for i, s in enumerate(sigma.tolist()) if s > 0]
-        else:
-            noisy = sigma.to(logits.device) > 0
-            noisy |= (fld != 0).reshape(fld.shape[0], -1).any(dim=1)
-            rows = noisy.nonzero().reshape(-1).tolist()
+        rows = self._noisy_rows(sigma, fld)
         if not rows:
             return cells
         tiers = [per_row[r].tier for r in rows]
-        # With a trained digest, the digest alone says "the same input": bucketing on the clean
-        # class would send the copies an augmentation flips (10% of digits with two pixels
-        # dropped) to fresh noise. The fallback digests need the class to keep inputs apart.
-        top = logits.argmax(dim=1)
-        buckets = top if self.digest is None else torch.zeros_like(top)
+        buckets = self._buckets(logits)
+        assert self.memory is not None
         if len(rows) == len(per_row):
             served = self.memory.assign(tiers, embedding, buckets, cells)
             self._count(tiers, served != cells)
@@ -212,6 +212,61 @@ class Engine:
         self._count(tiers, served != cells[idx])
         cells[idx] = served
         return cells
+
+    def _noisy_rows(self, sigma: torch.Tensor, fld: torch.Tensor | None) -> list[int]:
+        """Rows the memory sees: σ > 0 (the float32 values modulate() compares) or a focus."""
+        noisy = (sigma > 0) | focus_rows(fld, sigma.shape[0])
+        return noisy.nonzero().reshape(-1).tolist()
+
+    def _buckets(self, logits: torch.Tensor) -> torch.Tensor:
+        # With a trained digest, the digest alone says "the same input": bucketing on the clean
+        # class would send the copies an augmentation flips (10% of digits with two pixels
+        # dropped) to fresh noise. The fallback digests need the class to keep inputs apart.
+        top = logits.argmax(dim=1)
+        return top if self.digest is None else torch.zeros_like(top)
+
+    def _through_redis(
+        self,
+        logits: torch.Tensor,
+        embedding: torch.Tensor,
+        seeds: torch.Tensor,
+        sigma: torch.Tensor,
+        fld: torch.Tensor | None,
+        per_row: Sequence[PredictItem],
+    ) -> torch.Tensor:
+        """Modulated rows with the Redis memory's cells and answers, in one round trip: every
+        row is modulated with its own cell first (what it stores if it is the first writer),
+        then rows Redis matched take the held answer, or their cell's noise where none is
+        held. While Redis fails, the replica's own memory and answers serve (``_remembered``)."""
+        assert self.redis is not None and isinstance(self.source, KeyedNoise)
+        device = logits.device
+        own = self.source.fine_cells(logits, seeds)
+        sig = sigma.to(device)
+        out = modulate(logits, BatchModulation(sig, seeds, fld, own), self.source)
+        rows = self._noisy_rows(sigma, fld)
+        if not rows:
+            return out
+        idx = torch.tensor(rows, device=device)
+        sigmas = sigma.tolist()
+        focused = focus_rows(fld, len(per_row)).tolist()
+        tiers = [per_row[r].tier for r in rows]
+        answers = Answers(
+            [sigmas[r] > 0 and not focused[r] for r in rows], [sigmas[r] for r in rows], out[idx]
+        )
+        served, held = self.redis.assign_and_answer(
+            tiers, embedding[idx], self._buckets(logits)[idx], own[idx], answers
+        )
+        self._count(tiers, served != own[idx])
+        cells = own.clone()
+        cells[idx] = served
+        if held is None:  # Redis failed: the cells came from this replica's own memory
+            out = modulate(logits, BatchModulation(sig, seeds, fld, cells), self.source)
+            return self._remembered(out, cells, sigma, fld, per_row)
+        # Matched, but no answer held: the cell's noise on the row's own logits.
+        pairs = zip(held, served.tolist(), own[idx].tolist(), strict=True)
+        if any(h is None and c != o for h, c, o in pairs):
+            out = modulate(logits, BatchModulation(sig, seeds, fld, cells), self.source)
+        return with_answers(out, rows, held)
 
     def _remembered(
         self,
@@ -223,9 +278,7 @@ class Engine:
     ) -> torch.Tensor:
         """Rows served with a remembered cell get the answer first served with it."""
         assert self.answers is not None
-        noisy = sigma > 0
-        if fld is not None:  # focus changes the output: those rows neither serve nor store
-            noisy &= ~(fld != 0).reshape(fld.shape[0], -1).any(dim=1).cpu()
+        noisy = (sigma > 0) & ~focus_rows(fld, sigma.shape[0])
         rows = noisy.nonzero().reshape(-1).tolist()
         if not rows:
             return out
@@ -294,6 +347,14 @@ class Engine:
             results.append(preds)
             row += it.rows
         return results
+
+
+def focus_rows(fld: torch.Tensor | None, n: int) -> torch.Tensor:
+    """Per row (N bools, on the CPU), whether its focus field changes its output: such rows
+    neither serve nor store a remembered answer or mask."""
+    if fld is None:
+        return torch.zeros(n, dtype=torch.bool)
+    return (fld != 0).reshape(fld.shape[0], -1).any(dim=1).cpu()
 
 
 def resized_logits(logits: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:

@@ -25,20 +25,26 @@ Layout (Redis 7.0, plain keys and one Lua script, no vector search):
   reach and would only lengthen the lists the script scans (32 contrast copies of one digit
   would otherwise all be stored, and a batch's scan grows past the client's timeout). Scripts
   run atomically, so the first writer wins for every replica; rows of one batch see the rows
-  before them.
+  before them;
+* the remembered answers (``answers.py``) live in the same script, so a batch costs one round
+  trip, not two: the client sends each row's modulated output under its own cell, and the
+  script, once it has the row's served cell, returns the answer held for (tier, σ, that cell)
+  or, when none is held and the row was served its own cell, stores the row's (first writer
+  wins). A matched row whose cell holds no answer (expired, or its first writer asked with a
+  focus) gets the cell's noise on its own logits and stores nothing.
 
 Expiry: each list's TTL is reset to ``window`` seconds on every push (an idle neighbourhood is
-forgotten whole), and entries older than ``window`` never match (their stamp is Redis's own
-clock, so replicas' clocks do not matter). A server restart keeps the memory (it lives in Redis);
-a Redis restart keeps what Redis persisted (RDB/AOF as configured), and an empty Redis only
-means first-seen inputs start new entries.
+forgotten whole), an answer's on every read or write, and entries older than ``window`` never
+match (their stamp is Redis's own clock, so replicas' clocks do not matter). A server restart
+keeps the memory (it lives in Redis); a Redis restart keeps what Redis persisted (RDB/AOF as
+configured), and an empty Redis only means first-seen inputs start new entries.
 
 Outage: when Redis fails (refused, timeout, script error) the batch is served by the replica's
-own memory (``fallback``, in-process or the host's shared file), ``aim_replay_memory_errors_total``
-counts it, one warning is logged per ``RETRY_AFTER_S``, and Redis is not asked again for that
-long. The tier stays keyed (exact replays are deterministic), but during the outage near copies
-sent to different replicas may get independent draws: availability was chosen over refusing
-requests.
+own memory (``fallback``, in-process or the host's shared file) and its own answers,
+``aim_replay_memory_errors_total`` counts it, one warning is logged per ``RETRY_AFTER_S``, and
+Redis is not asked again for that long. The tier stays keyed (exact replays are deterministic),
+but during the outage near copies sent to different replicas may get independent draws:
+availability was chosen over refusing requests.
 """
 
 from __future__ import annotations
@@ -48,12 +54,12 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..modulation import ReplayMemory
-from .answers import AnswerMemory
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +70,7 @@ PREFIX = "aim:replay:"
 SCRIPT = """
 local n, L, d = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local thr, dedupe = tonumber(ARGV[4]), tonumber(ARGV[5])
-local cap, win = tonumber(ARGV[6]), tonumber(ARGV[7])
+local cap, win, answers = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local since = now - win
@@ -72,8 +78,9 @@ local vfmt = '<' .. string.rep('f', d)
 local efmt = '<dd' .. string.rep('f', d)
 local out = {}
 for i = 1, n do
-  local vec = ARGV[6 + 2 * i]
-  local own = tonumber(ARGV[7 + 2 * i])
+  local vec = ARGV[5 + 4 * i]
+  local own = tonumber(ARGV[6 + 4 * i])
+  local field, row = ARGV[7 + 4 * i], ARGV[8 + 4 * i]
   local q = {struct.unpack(vfmt, vec)}
   local best, cell = -2, own
   local seen = {}
@@ -92,13 +99,28 @@ for i = 1, n do
   end
   local served = own
   if best >= thr then served = cell end
-  out[i] = served
+  out[2 * i - 1] = served
+  out[2 * i] = ''
   if best < dedupe then
     local entry = struct.pack('<dd', now, served) .. vec
     for l = 1, L do
       local key = KEYS[(i - 1) * L + l]
       redis.call('LPUSH', key, entry)
       redis.call('LTRIM', key, 0, cap - 1)
+      redis.call('PEXPIRE', key, win)
+    end
+  end
+  -- The answer of (tier, sigma, served cell): the first writer's. A row served its own cell
+  -- writes its row when none is held; a matched row whose answer is gone (expired, or its
+  -- first writer had a focus) is modulated with the cell by the caller and writes nothing.
+  if field ~= '' then
+    local key = answers .. field .. ':' .. string.format('%d', served)
+    local held = redis.call('HGET', key, 'a')
+    if held then
+      out[2 * i] = held
+      redis.call('PEXPIRE', key, win)
+    elseif served == own then
+      redis.call('HSET', key, 'a', row)
       redis.call('PEXPIRE', key, win)
     end
   end
@@ -185,16 +207,31 @@ class RedisReplayMemory:
         cells: torch.Tensor,
     ) -> torch.Tensor:
         """The cell each row is served with; see ``ReplayMemory.assign``."""
+        return self.assign_and_answer(tiers, embeddings, buckets, cells)[0]
+
+    def assign_and_answer(
+        self,
+        tiers: list[str],
+        embeddings: torch.Tensor,
+        buckets: torch.Tensor,
+        cells: torch.Tensor,
+        answers: Answers | None = None,
+    ) -> tuple[torch.Tensor, list[bytes | None] | None]:
+        """One round trip for a batch: the cell each row is served with (as ``assign``) and,
+        with ``answers``, the answer held for each answered row's (tier, σ, served cell), None
+        where none is held (a row served its own cell then stores its row: first writer wins).
+        The answers are None as a whole when Redis failed: the cells then come from the
+        replica's own memory, and the caller's own answer memory applies."""
         n = embeddings.shape[0]
         if n == 0:
-            return cells.clone()
+            return cells.clone(), []
         if time.monotonic() < self._down_until:
-            return self.fallback.assign(tiers, embeddings, buckets, cells)
+            return self.fallback.assign(tiers, embeddings, buckets, cells), None
         try:
-            return self._assign(tiers, embeddings, buckets, cells)
+            return self._assign(tiers, embeddings, buckets, cells, answers)
         except Exception as exc:  # refused, timeout, READONLY, script error...
             self.failed(exc)
-            return self.fallback.assign(tiers, embeddings, buckets, cells)
+            return self.fallback.assign(tiers, embeddings, buckets, cells), None
 
     def failed(self, exc: Exception) -> None:
         """Count, log (once per rest) and rest after a failed call."""
@@ -215,7 +252,8 @@ class RedisReplayMemory:
         embeddings: torch.Tensor,
         buckets: torch.Tensor,
         cells: torch.Tensor,
-    ) -> torch.Tensor:
+        answers: Answers | None,
+    ) -> tuple[torch.Tensor, list[bytes | None] | None]:
         q = self.fallback.normalise(embeddings).cpu().contiguous()
         codes = self._codes(q).tolist()
         scope = self._scope
@@ -224,6 +262,7 @@ class RedisReplayMemory:
         classes = buckets.to(torch.int64).cpu().tolist()
         own = cells.to(torch.int64).cpu().tolist()
         vectors = q.numpy()
+        rows = None if answers is None else answers.rows.detach().to("cpu", torch.float32).numpy()
         for i, tier in enumerate(tiers):
             tier_h = hashlib.sha256(tier.encode()).hexdigest()[:8]
             keys += [
@@ -231,6 +270,10 @@ class RedisReplayMemory:
                 for t, code in enumerate(codes[i])
             ]
             args += [vectors[i].tobytes(), str(own[i])]
+            if answers is not None and rows is not None and answers.answered[i]:
+                args += [f"{tier_h}:{answers.sigmas[i]!r}", rows[i].tobytes()]
+            else:
+                args += ["", ""]
         window_ms = max(1, math.ceil(self.fallback.window * 1000))
         head: list[Any] = [
             len(tiers),
@@ -240,68 +283,32 @@ class RedisReplayMemory:
             repr(max(self.store_below, self.fallback.threshold)),
             self.capacity,
             window_ms,
+            f"{PREFIX}{scope}:answer:",
         ]
-        served = self._script(keys=keys, args=head + args)
-        out = torch.tensor([int(c) for c in served], dtype=torch.int64)
-        return out.to(cells.device)
+        reply = self._script(keys=keys, args=head + args)
+        out = torch.tensor([int(c) for c in reply[0::2]], dtype=torch.int64).to(cells.device)
+        if answers is None:
+            return out, None
+        return out, [bytes(h) if h else None for h in reply[1::2]]
 
 
-ANSWERS = """
-local n, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
-local out = {}
-for i = 1, n do
-  local key, field, row = KEYS[1], ARGV[1 + 2 * i], ARGV[2 + 2 * i]
-  local held = redis.call('HGET', key .. field, 'a')
-  if held then
-    out[i] = held
-  else
-    redis.call('HSET', key .. field, 'a', row)
-    out[i] = ''
-  end
-  redis.call('PEXPIRE', key .. field, ttl)
-end
-return out
-"""
+@dataclass(frozen=True)
+class Answers:
+    """What ``assign_and_answer`` needs for the remembered answers: per row, whether it takes
+    part (no focus, σ > 0), its σ, and its modulated row under its own cell (N×C)."""
+
+    answered: list[bool]
+    sigmas: list[float]
+    rows: torch.Tensor
 
 
-class RedisAnswerMemory:
-    """``AnswerMemory.apply`` on Redis (``answers.py``): the first replica to serve a
-    (tier, σ, cell) stores its modulated row, every replica serves it after; one round trip per
-    batch, the same outage rule as ``RedisReplayMemory`` (whose client and namespace it shares).
-    """
-
-    def __init__(self, memory: RedisReplayMemory, fallback: AnswerMemory) -> None:
-        self.memory = memory
-        self.fallback = fallback
-        self._script = memory._redis.register_script(ANSWERS)
-
-    def apply(
-        self, out: torch.Tensor, tiers: list[str], sigmas: list[float], cells: list[int]
-    ) -> torch.Tensor:
-        m = self.memory
-        if time.monotonic() < m._down_until:
-            return self.fallback.apply(out, tiers, sigmas, cells)
-        try:
-            return self._apply(out, tiers, sigmas, cells)
-        except Exception as exc:
-            m.failed(exc)
-            return self.fallback.apply(out, tiers, sigmas, cells)
-
-    def _apply(
-        self, out: torch.Tensor, tiers: list[str], sigmas: list[float], cells: list[int]
-    ) -> torch.Tensor:
-        rows = out.detach().to("cpu", torch.float32).contiguous().numpy()
-        args: list[Any] = [len(cells), max(1, math.ceil(self.memory.fallback.window * 1000))]
-        for i, (tier, sigma, cell) in enumerate(zip(tiers, sigmas, cells, strict=True)):
-            args += [f"{hashlib.sha256(tier.encode()).hexdigest()[:8]}:{sigma!r}:{cell}"]
-            args += [rows[i].tobytes()]
-        held = self._script(keys=[f"{PREFIX}{self.memory._scope}:answer:"], args=args)
-        replace = [(i, h) for i, h in enumerate(held) if h]
-        if not replace:
-            return out
-        out = out.clone()
-        idx = torch.tensor([i for i, _ in replace], device=out.device)
-        rows_held = [torch.frombuffer(bytearray(h), dtype=torch.float32) for _, h in replace]
-        stored = torch.stack(rows_held)
-        out[idx] = stored.to(out.device, out.dtype)
+def with_answers(out: torch.Tensor, rows: list[int], held: list[bytes | None]) -> torch.Tensor:
+    """``out`` with row ``rows[k]`` replaced by the answer ``held[k]`` where one is held."""
+    found = [(rows[k], h) for k, h in enumerate(held) if h is not None]
+    if not found:
         return out
+    out = out.clone()
+    at = torch.tensor([r for r, _ in found], device=out.device)
+    got = torch.stack([torch.frombuffer(bytearray(h), dtype=torch.float32) for _, h in found])
+    out[at] = got.to(out.device, out.dtype)
+    return out

@@ -8,8 +8,9 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 import torch
 
@@ -118,14 +119,95 @@ def test_an_outage_serves_from_the_replicas_own_memory_and_counts_it() -> None:
     assert errors == [1]  # not asked again while it rests
 
 
-def test_answers_in_redis_are_the_first_replicas_for_every_replica(redis_url: str) -> None:
-    from service.serving.answers import AnswerMemory
-    from service.serving.replay_redis import RedisAnswerMemory
+def test_answers_in_redis_are_the_first_writers_for_every_replica(redis_url: str) -> None:
+    from service.serving.replay_redis import Answers
 
-    a = RedisAnswerMemory(_memory(redis_url, "ns-6"), AnswerMemory())
-    b = RedisAnswerMemory(_memory(redis_url, "ns-6"), AnswerMemory())
-    first = torch.tensor([[1.5, -2.0, 0.25]])
-    assert torch.equal(a.apply(first, ["bronze"], [2.0], [42]), first)
-    other = torch.tensor([[0.0, 3.0, 1.0], [4.0, 4.0, 4.0]])
-    served = b.apply(other, ["bronze", "bronze"], [2.0, 2.0], [42, 43])
-    assert served.tolist() == [[1.5, -2.0, 0.25], [4.0, 4.0, 4.0]]
+    a, b = _memory(redis_url, "ns-6"), _memory(redis_url, "ns-6")
+    x = _rows(3, seed=7)
+    first = torch.tensor([[1.5, -2.0, 0.25], [0.0, 1.0, 2.0], [3.0, 3.0, 3.0]])
+    # The third row asks with a focus: its entry is stored, its answer is not.
+    cells, held = a.assign_and_answer(
+        ["bronze"] * 3,
+        x,
+        torch.zeros(3),
+        torch.tensor([42, 43, 44]),
+        Answers([True, True, False], [2.0] * 3, first),
+    )
+    assert cells.tolist() == [42, 43, 44] and held == [None, None, None]
+    near = torch.nn.functional.normalize(x + 0.05 * _rows(3, seed=8), dim=1)
+    other = torch.tensor([[0.0, 3.0, 1.0], [4.0, 4.0, 4.0], [5.0, 5.0, 5.0]])
+    cells, held = b.assign_and_answer(
+        ["bronze"] * 3,
+        near,
+        torch.zeros(3),
+        torch.tensor([52, 53, 54]),
+        Answers([True, False, True], [2.0, 2.0, 2.0], other),
+    )
+    assert cells.tolist() == [42, 43, 44]
+    assert held[1] is None  # it did not ask for an answer
+    assert held[0] is not None
+    assert torch.frombuffer(bytearray(held[0]), dtype=torch.float32).tolist() == first[0].tolist()
+    # Matched, but the cell holds no answer: the caller modulates; nothing is stored for it.
+    assert held[2] is None
+    again = b.assign_and_answer(
+        ["bronze"], near[2:], torch.zeros(1), torch.tensor([54]), Answers([True], [2.0], other[2:])
+    )
+    assert again[0].tolist() == [44] and again[1] == [None]
+    # Another σ is another answer.
+    _, held = b.assign_and_answer(
+        ["bronze"], near[:1], torch.zeros(1), torch.tensor([52]), Answers([True], [3.0], other[:1])
+    )
+    assert held == [None]
+
+
+def _counting_client(url: str) -> Any:
+    import redis
+
+    class Counting(redis.Redis):  # type: ignore[type-arg]
+        """The real client, counting the commands it sends (one command, one round trip)."""
+
+        sent: ClassVar[list[str]] = []
+
+        def execute_command(self, *args: Any, **options: Any) -> Any:
+            self.sent.append(str(args[0]))
+            return super().execute_command(*args, **options)
+
+    return Counting.from_url(url)
+
+
+def test_the_engine_asks_redis_once_per_batch(redis_url: str) -> None:
+    """Cells and remembered answers in one round trip per batch (they were two scripts)."""
+    from torch import nn
+
+    from service.models.base import VisionModel
+    from service.models.spec import InputSpec
+    from service.modulation import KeyedNoise
+    from service.observability.metrics import Metrics
+    from service.serving.engine import Engine, PredictItem
+
+    client = _counting_client(redis_url)
+    memory = RedisReplayMemory(redis_url, "ns-7", ReplayMemory(threshold=0.99), client=client)
+    model = VisionModel(
+        nn.Sequential(nn.Flatten(), nn.Linear(32, 5)).eval(),
+        name="counting",
+        task="classification",
+        labels=[f"c{i}" for i in range(5)],
+        input_spec=InputSpec(shape=(2, 4, 4)),
+    )
+    engine = Engine(model, KeyedNoise(b"s" * 32), Metrics(), memory)
+    rng = np.random.default_rng(0)
+    inputs = rng.random((8, 2, 4, 4), dtype=np.float32)
+
+    def batch(x: np.ndarray) -> list[PredictItem]:
+        return [PredictItem(x[i : i + 2], "bronze", 3.0, seed=0, top_k=5) for i in range(0, 8, 2)]
+
+    first = engine.run(batch(inputs))  # loads the script (EVALSHA, SCRIPT LOAD, EVALSHA)
+    near = inputs + 1e-4 * rng.standard_normal(inputs.shape).astype(np.float32)
+    fresh = rng.random((8, 2, 4, 4), dtype=np.float32)
+    for x in (near, fresh):
+        client.sent.clear()
+        results = engine.run(batch(x))
+        assert client.sent == ["EVALSHA"], client.sent
+        if x is near:  # near copies: the answers first served, from that one call
+            assert results == first
+    assert memory.errors == 0
