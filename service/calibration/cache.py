@@ -16,7 +16,8 @@ import torch
 log = logging.getLogger("service.calibration")
 
 # Bumped when the calibration method changes, so cached σ from an older method are not reused.
-CALIBRATION_VERSION = "ghq48-v2"  # v2: cached values validated; served-noise σ
+# v2: cached values validated; served-noise σ. v3: classifiers through the replay memory.
+CALIBRATION_VERSION = "ghq48-v3"
 
 
 class CalibrationCache:

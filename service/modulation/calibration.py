@@ -9,10 +9,18 @@ over calibration decisions (samples, pixels or decoding steps) it gives A(σ), w
 monotonically from 1 to 1/C, so bisection turns a target agreement into σ. With labels, the same
 integral with k = the true label predicts accuracy.
 
-Keyed noise is a fixed function of (secret, tier, input), so the agreement it actually gives on
-the calibration inputs is known exactly, not only in expectation: ``sigma_for_served_agreement``
-bisects σ on that (the integral's σ is the starting guess and stays the prediction the docs
-compare against). ``valid_cached_sigma`` says whether a cached σ can be trusted at all.
+Classification rows behind a replay memory are served the noisy answer of the first input of
+their cluster (``memory_anchors``): A(σ) through the memory averages that input's survival of
+each row's own top-1 class (``expected_agreement(..., anchors)``), and σ is calibrated on it.
+
+Keyed noise is a fixed function of (secret, tier, input), so the agreement it gives on the
+calibration inputs is also known exactly: ``sigma_for_served_agreement`` bisects σ on that.
+Segmentation is calibrated so (its pixel digest shares cells between pixels, which the integral
+does not see); classification is not: a fine-digest cell is one independent Gaussian draw per
+input, so the realised agreement of 500 calibration digits only adds their sampling error
+(about ±2 pp) to σ, which then misses the target on every other input by as much
+(docs/MODULATION.md, "Calibration through the memory"). ``valid_cached_sigma`` says whether a
+cached σ can be trusted at all.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import numpy as np
 import torch
 
 from .errors import ModulationArgumentError
+from .memory import ReplayMemory
 from .noise import KeyedNoise
 
 _NODES = 48
@@ -84,9 +93,22 @@ def survival_probability(
     return out.clamp_(0.0, 1.0)
 
 
-def expected_agreement(logits: torch.Tensor, sigma: float) -> float:
-    """A(σ): the expected share of decisions whose top-1 class survives noise of scale σ."""
-    return float(survival_probability(logits, sigma).mean())
+def expected_agreement(
+    logits: torch.Tensor, sigma: float, anchors: torch.Tensor | None = None
+) -> float:
+    """A(σ): the expected share of decisions whose top-1 class survives noise of scale σ.
+
+    ``anchors`` (classification rows only, N indices): row i is served the noisy answer of row
+    ``anchors[i]`` (a replay memory's remembered answer, ``memory_anchors``), so it agrees when
+    that row's noisy top-1 is row i's own clean top-1.
+    """
+    if anchors is None:
+        return float(survival_probability(logits, sigma).mean())
+    z = decisions(logits)
+    if anchors.shape != (z.shape[0],):
+        raise ModulationArgumentError("anchors", tuple(anchors.shape), "needs one index per row")
+    anchors = anchors.to(z.device, torch.int64)
+    return float(survival_probability(z[anchors], sigma, target=z.argmax(dim=1)).mean())
 
 
 def predicted_accuracy(logits: torch.Tensor, labels: torch.Tensor, sigma: float) -> float:
@@ -94,12 +116,30 @@ def predicted_accuracy(logits: torch.Tensor, labels: torch.Tensor, sigma: float)
     return float(survival_probability(logits, sigma, target=labels).mean())
 
 
+def memory_anchors(embeddings: torch.Tensor, threshold: float) -> torch.Tensor:
+    """For rows arriving in order at a fresh replay memory of match ``threshold``, the row whose
+    remembered answer each one is served (its own index when it matches nothing), N int64.
+
+    Each row is given its own index as its cell, so the cell the memory serves names the row
+    that first held it: the cluster's first writer, whose answer the cluster shares.
+    """
+    n = embeddings.shape[0]
+    memory = ReplayMemory(threshold=threshold, capacity=max(1, n))
+    index = torch.arange(n, device=embeddings.device)
+    zeros = torch.zeros(n, dtype=torch.int64, device=embeddings.device)
+    return memory.assign(["calibration"] * n, embeddings, zeros, index)
+
+
 def sigma_for_agreement(
-    logits: torch.Tensor, target: float, tolerance: float = 1e-4, max_sigma: float = MAX_SIGMA
+    logits: torch.Tensor,
+    target: float,
+    tolerance: float = 1e-4,
+    max_sigma: float = MAX_SIGMA,
+    anchors: torch.Tensor | None = None,
 ) -> float:
     """The σ at which A(σ) equals ``target`` (bisection on log σ; A is monotone in σ).
 
-    ``target`` is in (1/C, 1]; 1 gives σ = 0.
+    ``target`` is in (1/C, 1]; 1 gives σ = 0. ``anchors``: see ``expected_agreement``.
     """
     num_classes = decisions(logits).shape[1]
     if not (isinstance(target, int | float) and math.isfinite(target)):
@@ -113,13 +153,13 @@ def sigma_for_agreement(
             "target", target, f"has to be above chance (1/{num_classes} = {1 / num_classes:.4f})"
         )
     lo, hi = 1e-4, 1.0
-    while expected_agreement(logits, hi) > target:
+    while expected_agreement(logits, hi, anchors) > target:
         hi *= 2.0
         if hi > max_sigma:
             raise ModulationArgumentError("target", target, "is not reached below max_sigma")
     for _ in range(60):
         mid = math.sqrt(lo * hi)
-        if expected_agreement(logits, mid) > target:
+        if expected_agreement(logits, mid, anchors) > target:
             lo = mid
         else:
             hi = mid

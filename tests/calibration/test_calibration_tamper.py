@@ -1,5 +1,5 @@
 """A tampered calibration cache cannot change a tier (issue 8): every bad value is recomputed
-with a warning naming the file, σ is calibrated on the noise actually served."""
+with a warning naming the file; a classifier's σ is calibrated through its replay memory."""
 
 from __future__ import annotations
 
@@ -10,12 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from service.calibration.cache import CalibrationCache
 from service.calibration.data import CalibrationSet, vision_calibration
 from service.calibration.sigmas import tier_sigmas
 from service.config import TierConfig
-from service.modulation import KeyedNoise, served_agreement, served_noise, valid_cached_sigma
+from service.modulation import (
+    DigestEncoder,
+    KeyedNoise,
+    expected_agreement,
+    load_digest,
+    memory_anchors,
+    valid_cached_sigma,
+)
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -30,29 +38,55 @@ def digits_set() -> CalibrationSet:
     return vision_calibration(load_model("digits"), "digits")
 
 
-def test_sigma_is_calibrated_on_the_agreement_actually_served(
-    digits_set: CalibrationSet, tmp_path: Path
+@pytest.fixture(scope="module")
+def digest() -> DigestEncoder:
+    from service.models.digests import digest_path
+
+    path = digest_path("digits")
+    assert path is not None
+    return load_digest(path)
+
+
+def test_a_classifier_is_calibrated_through_its_replay_memory(
+    digits_set: CalibrationSet, digest: DigestEncoder, tmp_path: Path
 ) -> None:
-    assert digits_set.logits is not None
-    sigma = tier_sigmas(TIERS, digits_set, CalibrationCache(tmp_path / "c.json"), KEYED)["bronze"]
+    """σ gives the target agreement expected when each calibration digit is served the answer of
+    the first digit of its memory cluster; it does not depend on the secret (the realised
+    agreement of one secret's draws on 500 digits would add their sampling error to σ)."""
+    assert digits_set.logits is not None and digits_set.inputs is not None
+    cache = CalibrationCache(tmp_path / "c.json")
+    sigma = tier_sigmas(TIERS, digits_set, cache, KEYED, digest)["bronze"]
     z = digits_set.logits()
-    served = served_agreement(z, sigma, served_noise(KEYED, "bronze", z)(sigma))
-    assert abs(served - 0.65) <= 1 / z.shape[0] + 1e-9  # exact up to one calibration input
+    anchors = memory_anchors(digest(digits_set.inputs), digest.threshold)
+    assert int((anchors != torch.arange(len(anchors))).sum()) > 10  # the memory merges some
+    assert expected_agreement(z, sigma, anchors) == pytest.approx(0.65, abs=1e-3)
+    fresh = CalibrationCache(tmp_path / "d.json")
+    other = tier_sigmas(TIERS, digits_set, fresh, KeyedNoise(b"another secret"), digest)
+    assert other["bronze"] == sigma
+    # Served through the memory it stays near the target (one secret's realised draws).
+    seeds = KEYED.seeds(["bronze"] * len(z))
+    noise = KEYED.sample(z, seeds, torch.ones(len(z)), 1, cells=KEYED.fine_cells(z, seeds))[0]
+    answers = (z + sigma * noise).argmax(1)[anchors]
+    assert abs(float((answers == z.argmax(1)).double().mean()) - 0.65) < 0.05
 
 
 @pytest.mark.parametrize(
     "bad", [0.0, None, math.nan, 1e308, [1.0, 2.0], "4.0", True, -3.0, 1e-9, 60.0]
 )
 def test_a_tampered_sigma_is_recomputed_with_a_warning(
-    digits_set: CalibrationSet, tmp_path: Path, caplog: pytest.LogCaptureFixture, bad: Any
+    digits_set: CalibrationSet,
+    digest: DigestEncoder,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    bad: Any,
 ) -> None:
     path = tmp_path / "calibration.json"
     cache = CalibrationCache(path)
-    honest = tier_sigmas(TIERS, digits_set, cache, KEYED)
+    honest = tier_sigmas(TIERS, digits_set, cache, KEYED, digest)
     data = json.loads(path.read_text())
     path.write_text(json.dumps({k: bad for k in data}))
     with caplog.at_level(logging.WARNING):
-        again = tier_sigmas(TIERS, digits_set, cache, KEYED)
+        again = tier_sigmas(TIERS, digits_set, cache, KEYED, digest)
     assert again == honest
     if bad is not None:  # a null entry is simply missing
         assert any(getattr(r, "file", None) == str(path) for r in caplog.records)

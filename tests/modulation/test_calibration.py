@@ -1,4 +1,5 @@
-"""Calibration agrees with Monte Carlo and inverts to σ."""
+"""Calibration agrees with Monte Carlo (also through a replay memory's shared answers) and
+inverts to σ."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from service.modulation import (
     ModulationArgumentError,
     expected_agreement,
+    memory_anchors,
     predicted_accuracy,
     sigma_for_agreement,
 )
@@ -80,3 +82,37 @@ def test_bad_targets_name_the_argument(logits: torch.Tensor, target: float) -> N
 def test_negative_sigma_is_rejected(logits: torch.Tensor) -> None:
     with pytest.raises(ModulationArgumentError, match="sigma"):
         expected_agreement(logits, -1.0)
+
+
+def test_memory_anchors_name_each_clusters_first_row() -> None:
+    a, b = torch.zeros(8), torch.zeros(8)
+    a[0], b[1] = 1.0, 1.0
+    near_a = a + 0.1 * b  # cosine 0.995 to a
+    chained = a + 0.3 * b  # 0.96 to a, 0.98 to near_a
+    rows = torch.stack([a, b, near_a, torch.ones(8), chained, b + 0.05 * a])
+    assert memory_anchors(rows, threshold=0.97).tolist() == [0, 1, 0, 3, 0, 1]
+    assert memory_anchors(rows, threshold=0.999).tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_agreement_through_anchors_matches_monte_carlo(logits: torch.Tensor) -> None:
+    """Row i is served row anchors[i]'s noisy answer: it agrees when that answer is its own
+    clean top-1 (anchors across classes too, so a wrong class is counted as a miss)."""
+    gen = torch.Generator().manual_seed(3)
+    anchors = torch.arange(500)
+    anchors[250:] = torch.randint(0, 250, (250,), generator=gen)
+    sigma = 4.0
+    predicted = expected_agreement(logits, sigma, anchors)
+    hits = 0.0
+    for _ in range(400):
+        noisy = logits + sigma * torch.randn(logits.shape, generator=gen)
+        hits += float((noisy.argmax(1)[anchors] == logits.argmax(1)).float().mean())
+    assert abs(predicted - hits / 400) < 0.01
+    # Far from each row's own expected agreement: the shared answers are what is counted.
+    assert abs(predicted - expected_agreement(logits, sigma)) > 0.1
+    assert expected_agreement(logits, sigma, torch.arange(500)) == pytest.approx(
+        expected_agreement(logits, sigma)
+    )
+    sigma = sigma_for_agreement(logits, 0.4, anchors=anchors)
+    assert expected_agreement(logits, sigma, anchors) == pytest.approx(0.4, abs=1e-3)
+    with pytest.raises(ModulationArgumentError, match="anchors"):
+        expected_agreement(logits, sigma, anchors[:10])
