@@ -178,6 +178,55 @@ def measure(server: Server, reqs: list[bytes], args: argparse.Namespace) -> dict
     return out
 
 
+def preprocess_ms(directory: Path, images: list[bytes]) -> dict[str, float]:
+    """Milliseconds per image on one core: our decode + preprocessing (what `aim serve` runs
+    per request) and transformers' processor on a PIL-decoded image (what LitServe runs)."""
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    from service.models import load_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = load_model(directory)
+        processor = AutoImageProcessor.from_pretrained(str(directory))
+
+        def theirs(data: bytes) -> Any:
+            image = Image.open(io.BytesIO(data)).convert("RGB")
+            return processor(image, return_tensors="pt")["pixel_values"]
+
+        out = {}
+        for label, fn in (("ours", model.decode_image_sized), ("transformers", theirs)):
+            fn(images[0])
+            t0 = time.perf_counter()
+            for _ in range(3):
+                for data in images:
+                    fn(data)
+            out[label] = (time.perf_counter() - t0) * 1000 / (3 * len(images))
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def budget_line(name: str, rows: dict[str, Any], cores: int) -> str:
+    """The CPU ceiling of each server: cores over (forward + preprocessing) core-ms per image.
+    HTTP, JSON and the load generator come on top, so the real rates sit below."""
+    forward = rows["forward"]["ok_rps"]
+    if not forward or "preprocess_ms" not in rows:
+        return f"{name}: no CPU budget (no forward rate)"
+    core_ms = cores * 1000.0 / forward
+    ours, theirs = rows["preprocess_ms"]["ours"], rows["preprocess_ms"]["transformers"]
+    ceiling_ours = cores * 1000.0 / (core_ms + ours)
+    ceiling_peer = cores * 1000.0 / (core_ms + theirs)
+    return (
+        f"{name}: per image: forward {core_ms:.1f} core-ms, our preprocessing {ours:.1f} ms, "
+        f"transformers' {theirs:.1f} ms: CPU ceilings ours {ceiling_ours:.1f}, "
+        f"litserve {ceiling_peer:.1f} req/s (ratio at most {ceiling_ours / ceiling_peer:.2f})"
+    )
+
+
 def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     kind = MODELS[name][1 if args.small else 0]
     directory, exported = build_models(kind, workdir)
@@ -197,6 +246,8 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[str,
     rows["forward"] = {
         "ok_rps": round(forward_rate(directory, args.batch, args.seconds, args.device), 1)
     }
+    if args.device == "cpu":
+        rows["preprocess_ms"] = preprocess_ms(directory, images)
     return rows
 
 
@@ -225,6 +276,8 @@ def main() -> int:
         print(f"\n{name} ({args.device}, {args.clients} clients, {args.seconds:g} s, 640×480 JPEG)")
         print(f"{'server':<12} {'2xx req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
         for server, row in rows.items():
+            if server == "preprocess_ms":
+                continue
             print(
                 f"{server:<12} {row['ok_rps']:>10.1f} {row.get('p50_ms', 0):>8.1f} "
                 f"{row.get('p99_ms', 0):>8.1f} {row.get('errors', 0):>7}"
@@ -238,6 +291,8 @@ def main() -> int:
             f"{name}: ours/litserve req/s ratio: {ours / peer if peer else float('inf'):.2f}, "
             f"ours/forward share: {ours / fwd if fwd else 0.0:.2f}"
         )
+        if args.device == "cpu":
+            print(budget_line(name, rows, os.cpu_count() or 1))
     if args.out:
         args.out.write_text(
             json.dumps({"args": vars(args) | {"out": str(args.out)}, "results": results}, indent=2)

@@ -19,7 +19,7 @@ import torch
 from fastapi import HTTPException
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer_model import encode, load_digits_model, modulate
+from peer_model import encode, load_digits_model, modulate, run_litserve
 
 MAX_BATCH_SIZE = 32
 BATCH_TIMEOUT_S = 0.002
@@ -57,13 +57,4 @@ if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 8002
     api = DigitsAPI(max_batch_size=MAX_BATCH_SIZE, batch_timeout=BATCH_TIMEOUT_S)
     fast_queue = os.environ.get("BENCH_LITSERVE_FAST_QUEUE", "1") != "0"
-    server = ls.LitServer(
-        api, accelerator="cpu", workers_per_device=1, timeout=30, fast_queue=fast_queue
-    )
-    server.run(
-        host="127.0.0.1",
-        port=port,
-        num_api_servers=1,
-        log_level="warning",
-        generate_client_file=False,
-    )
+    run_litserve(api, port, "cpu", timeout=30, fast_queue=fast_queue)

@@ -51,12 +51,14 @@ def image_from_body(request: Any) -> Any:
         raise HTTPException(422, "inputs[0].image_b64: not a PNG/JPEG image") from None
 
 
-def run_litserve(api: Any, port: int, device: str) -> None:
-    """An image peer as LitServe runs it: one worker on ``device``, one API server, `fast_queue`."""
+def run_litserve(
+    api: Any, port: int, device: str, timeout: float = 60, fast_queue: bool = True
+) -> None:
+    """A peer as LitServe runs it: one worker on ``device``, one API server, `fast_queue`."""
     import litserve as ls
 
     server = ls.LitServer(
-        api, accelerator=device, workers_per_device=1, timeout=60, fast_queue=True
+        api, accelerator=device, workers_per_device=1, timeout=timeout, fast_queue=fast_queue
     )
     server.run(
         host="127.0.0.1",

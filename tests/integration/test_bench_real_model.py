@@ -30,6 +30,8 @@ def test_bench_real_model_runs_on_tiny_shapes(tmp_path: Path) -> None:
     results = json.loads(out.read_text())["results"]
     for model in ("vit", "resnet50"):
         rows = results[model]
-        assert set(rows) == {"ours-hf", "ours-json", "ours-export", "litserve", "forward"}
+        servers = {"ours-hf", "ours-json", "ours-export", "litserve", "forward"}
+        assert set(rows) == servers | {"preprocess_ms"}
+        assert rows["preprocess_ms"]["ours"] > 0 and rows["preprocess_ms"]["transformers"] > 0
         for server in ("ours-hf", "ours-json", "ours-export", "litserve"):
             assert rows[server]["errors"] == 0 and rows[server]["requests"] > 0, (model, server)
