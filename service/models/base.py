@@ -37,10 +37,11 @@ class VisionModel:
     module has no state dict. ``graphs`` runs the module's ``forward`` and
     ``forward_with_embedding`` as traced graphs (``graphs.py``), made at their first call on
     each device; only for networks whose control flow depends on shapes alone (the shipped
-    ones), and the weights must not change after that first call. ``preprocessor`` (a Hugging
-    Face model's image processor) replaces the squashing resize of images; ``native_output``
-    keeps a segmenter's logits at the network's own resolution (the engine resizes each row to
-    its image, as ``transformers``' post-processing does).
+    ones), and the weights must not change after that first call. ``fused`` lets a graph run
+    oneDNN-fused on the CPU where that is close to eager and faster (``graphs.py``).
+    ``preprocessor`` (a Hugging Face model's image processor) replaces the squashing resize of
+    images; ``native_output`` keeps a segmenter's logits at the network's own resolution (the
+    engine resizes each row to its image, as ``transformers``' post-processing does).
     """
 
     def __init__(
@@ -55,6 +56,7 @@ class VisionModel:
         fixed_batch: int | None = None,
         source: str | None = None,
         graphs: bool = False,
+        fused: bool = False,
         preprocessor: ImagePreprocessor | None = None,
         native_output: bool = False,
     ) -> None:
@@ -70,6 +72,7 @@ class VisionModel:
         self.fixed_batch = fixed_batch
         self.source = source
         self.graphs = graphs
+        self.fused = fused
         self.preprocessor = preprocessor
         self.native_output = native_output
         self._graphs: dict[str, Callable[[torch.Tensor], Any] | None] = {}
@@ -175,7 +178,9 @@ class VisionModel:
         if not self.graphs:
             return eager
         if method not in self._graphs:
-            self._graphs[method] = traced(self.module, method, self.input_spec.shape, self.device)
+            self._graphs[method] = traced(
+                self.module, method, self.input_spec.shape, self.device, optimize=self.fused
+            )
         return self._graphs[method] or eager
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:

@@ -89,6 +89,8 @@ def load_hf_vision(
         # Traced (checked equal to eager first): one GIL round trip per forward, not one per op;
         # with the event loop and decoding threads busy, eager ViT-Ti ran at 40% speed.
         graphs=True,
+        # oneDNN-fused where it is close to eager and faster: ResNet-50 about 1.5x on 2 cores.
+        fused=True,
     )
     vision.warmup((1,))  # a wrong head or label count fails now, not on the first request
     return vision
