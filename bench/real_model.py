@@ -18,7 +18,10 @@ over 16 distinct photo-like images):
 - litserve:    bench/peers/litserve_hf.py on the same directory: transformers' processor, batch
                `--batch`, 2 ms, fresh noise; JSON body.
 - forward:     the raw batched forward of the same network in this process (batch `--batch`,
-               every core), in images/s: what the cores can do with no serving at all.
+               every core), in images/s: what the cores can do with no serving at all. It runs
+               the network as `aim serve` does (`load_model`: a traced graph, oneDNN-fused where
+               that is faster, service/models/graphs.py), so the share measures the serving.
+- forward-eager: the same, with transformers' own eager model (what LitServe runs).
 
 Prints a table and ends, per model, with the line
 
@@ -132,6 +135,32 @@ def forward_rate(directory: Path, batch: int, seconds: float, device: str) -> fl
     return done / (time.perf_counter() - t0)
 
 
+def eager_forward_rate(directory: Path, batch: int, seconds: float, device: str) -> float:
+    """Images/s of transformers' own eager model, batched (every core), prepared inputs."""
+    import torch
+    from transformers import AutoConfig
+    from transformers import AutoModelForImageClassification as Classifier
+    from transformers import AutoModelForSemanticSegmentation as Segmenter
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    arch = AutoConfig.from_pretrained(directory).architectures[0]
+    auto = Segmenter if arch.endswith("ForSemanticSegmentation") else Classifier
+    from service.models.preprocess import ImagePreprocessor
+
+    model = auto.from_pretrained(directory).eval().to(device)
+    shape = ImagePreprocessor.from_file(directory).output_shape  # what the processor hands it
+    x = torch.randn(batch, *shape, device=device)
+    with torch.inference_mode():
+        model(pixel_values=x)  # warm
+        done, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            model(pixel_values=x)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            done += batch
+    return done / (time.perf_counter() - t0)
+
+
 def aim(name: str, model: str, workdir: Path, device: str) -> tuple[Server, str]:
     import yaml
 
@@ -211,19 +240,21 @@ def preprocess_ms(directory: Path, images: list[bytes]) -> dict[str, float]:
 
 
 def budget_line(name: str, rows: dict[str, Any], cores: int) -> str:
-    """The CPU ceiling of each server: cores over (forward + preprocessing) core-ms per image.
-    HTTP, JSON and the load generator come on top, so the real rates sit below."""
-    forward = rows["forward"]["ok_rps"]
-    if not forward or "preprocess_ms" not in rows:
+    """The CPU ceiling of each server: cores over (forward + preprocessing) core-ms per image,
+    ours with the network as we run it, LitServe's with transformers' eager model. HTTP, JSON
+    and the load generator come on top, so the real rates sit below."""
+    forward, eager = rows["forward"]["ok_rps"], rows.get("forward-eager", {}).get("ok_rps")
+    if not forward or not eager or "preprocess_ms" not in rows:
         return f"{name}: no CPU budget (no forward rate)"
-    core_ms = cores * 1000.0 / forward
+    core_ms, eager_ms = cores * 1000.0 / forward, cores * 1000.0 / eager
     ours, theirs = rows["preprocess_ms"]["ours"], rows["preprocess_ms"]["transformers"]
     ceiling_ours = cores * 1000.0 / (core_ms + ours)
-    ceiling_peer = cores * 1000.0 / (core_ms + theirs)
+    ceiling_peer = cores * 1000.0 / (eager_ms + theirs)
     return (
-        f"{name}: per image: forward {core_ms:.1f} core-ms, our preprocessing {ours:.1f} ms, "
-        f"transformers' {theirs:.1f} ms: CPU ceilings ours {ceiling_ours:.1f}, "
-        f"litserve {ceiling_peer:.1f} req/s (ratio at most {ceiling_ours / ceiling_peer:.2f})"
+        f"{name}: per image: forward {core_ms:.1f} core-ms ours, {eager_ms:.1f} eager; "
+        f"preprocessing {ours:.1f} ms ours, {theirs:.1f} transformers': CPU ceilings ours "
+        f"{ceiling_ours:.1f}, litserve {ceiling_peer:.1f} req/s "
+        f"(ratio at most {ceiling_ours / ceiling_peer:.2f})"
     )
 
 
@@ -245,6 +276,9 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[str,
         rows["litserve"] = measure(peer, requests(images, None, raw=False), args)
     rows["forward"] = {
         "ok_rps": round(forward_rate(directory, args.batch, args.seconds, args.device), 1)
+    }
+    rows["forward-eager"] = {
+        "ok_rps": round(eager_forward_rate(directory, args.batch, args.seconds, args.device), 1)
     }
     if args.device == "cpu":
         rows["preprocess_ms"] = preprocess_ms(directory, images)
@@ -274,12 +308,12 @@ def main() -> int:
     lines = []
     for name, rows in results.items():
         print(f"\n{name} ({args.device}, {args.clients} clients, {args.seconds:g} s, 640×480 JPEG)")
-        print(f"{'server':<12} {'2xx req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+        print(f"{'server':<13} {'2xx req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
         for server, row in rows.items():
             if server == "preprocess_ms":
                 continue
             print(
-                f"{server:<12} {row['ok_rps']:>10.1f} {row.get('p50_ms', 0):>8.1f} "
+                f"{server:<13} {row['ok_rps']:>10.1f} {row.get('p50_ms', 0):>8.1f} "
                 f"{row.get('p99_ms', 0):>8.1f} {row.get('errors', 0):>7}"
             )
         ours, peer, fwd = (

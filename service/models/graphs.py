@@ -16,9 +16,9 @@ A Hugging Face vision model may also run *fused* on the CPU (``optimize=True``):
 inference graph (``torch.jit.optimize_for_inference``: batch norms folded into convolutions,
 convolutions in oneDNN's layout). Its float results differ from eager in the last digits (about
 1e-5 on ResNet-50's logits), so it is kept only where it answers within ``FUSED_TOLERANCE`` of
-eager with the same top class on every checked row and runs at least ``FUSED_GAIN`` faster
-than the exact graph at load; a convolutional network gains most (ResNet-50 batch 8 on 2 cores:
-about 1.5x), a transformer nothing (ViT-Ti: slower, so its exact graph stays).
+eager with the same top class on every checked row and takes at most ``FUSED_GAIN`` of the
+exact graph's time at load; a convolutional network gains most (ResNet-50 batch 8 on 2 cores:
+about 1.5x), a transformer nothing (ViT-Ti: about even, so its exact graph stays).
 """
 
 from __future__ import annotations
@@ -40,8 +40,15 @@ _CHECK_SIZES = (1, 3, 32)
 FUSED_TOLERANCE = 1e-4
 """Largest difference from eager a fused graph may give, relative to the largest eager value."""
 
-FUSED_GAIN = 0.9
-"""A fused graph is kept when it takes at most this share of the exact graph's time."""
+FUSED_GAIN = 0.85
+"""A fused graph is kept when it takes at most this share of the exact graph's time on a batch
+of ``_TIMED_BATCH`` (measured on 2 cores: ResNet-50 0.68; ViT-Ti 0.89-1.05, SegFormer-B0 about
+2, which keep the exact graph)."""
+
+_TIMED_BATCH = 8
+"""A full batch of 8 clients, where the gain is clearest (ResNet-50: 0.68 at 8, 0.8 at 3)."""
+
+_RACE_RUNS = 3
 
 
 class _Method(nn.Module):
@@ -131,8 +138,7 @@ def _fused(
                 if not _close(getattr(module, method)(x), fused(x)):
                     log.info("fused %s is not close to eager at batch %d: exact kept", name, n)
                     return None
-            x = batch(_CHECK_SIZES[1])
-            exact_s, fused_s = _seconds(exact, x), _seconds(fused, x)
+            exact_s, fused_s = _race(exact, fused, batch(_TIMED_BATCH))
     except Exception as exc:  # an optimisation: never a reason not to serve
         log.info("could not fuse %s (%s): exact graph kept", name, exc)
         return None
@@ -167,11 +173,16 @@ def _close(a: Any, b: Any) -> bool:
     return False
 
 
-def _seconds(graph: Callable[[torch.Tensor], Any], x: torch.Tensor, runs: int = 3) -> float:
-    """The median of ``runs`` timed calls, after the calls already made (the checks) warmed it."""
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        graph(x)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+def _race(
+    a: Callable[[torch.Tensor], Any], b: Callable[[torch.Tensor], Any], x: torch.Tensor
+) -> tuple[float, float]:
+    """The fastest of ``_RACE_RUNS`` calls of each, taken in turn after one warm call each, so
+    that a burst of other load on the machine slows both rather than one."""
+    a(x), b(x)  # a new batch size: oneDNN makes its kernels for it on the first call
+    best = [float("inf"), float("inf")]
+    for _ in range(_RACE_RUNS):
+        for i, graph in enumerate((a, b)):
+            start = time.perf_counter()
+            graph(x)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best[0], best[1]

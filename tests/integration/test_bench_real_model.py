@@ -30,7 +30,7 @@ def test_bench_real_model_runs_on_tiny_shapes(tmp_path: Path) -> None:
     results = json.loads(out.read_text())["results"]
     for model in ("vit", "resnet50"):
         rows = results[model]
-        servers = {"ours-hf", "ours-json", "ours-export", "litserve", "forward"}
+        servers = {"ours-hf", "ours-json", "ours-export", "litserve", "forward", "forward-eager"}
         assert set(rows) == servers | {"preprocess_ms"}
         assert rows["preprocess_ms"]["ours"] > 0 and rows["preprocess_ms"]["transformers"] > 0
         for server in ("ours-hf", "ours-json", "ours-export", "litserve"):
