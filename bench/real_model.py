@@ -7,9 +7,12 @@ each saved with `save_pretrained` next to its image processor (scripts/make_hf_v
 exported with `torch.export` (dynamic batch, `aim.json` inside) for the file loader. `--small`
 swaps in tiny shapes (the test runs that; its figures mean nothing).
 
-Per model, one server at a time on 127.0.0.1, each under the same load: `--clients` keep-alive
-connections in a closed loop (bench/peers/loadgen.py), each request one 640×480 JPEG (cycling
-over 16 distinct photo-like images):
+Per model, on 127.0.0.1, each server under the same load: `--clients` keep-alive connections in
+a closed loop (bench/peers/loadgen.py), each request one 640×480 JPEG (cycling over 16 distinct
+photo-like images). ours-hf, LitServe and the two forwards take turns (`--rounds`, the order
+reversed every other round) while both servers are up, so that the machine's drift over minutes
+falls on all of them alike; each figure is over its turns' summed `--seconds`. ours-json follows
+on the same server, ours-export after, each for one turn's length:
 
 - ours-hf:     `aim serve` of `model: {loader: huggingface, path: DIR}`, auth on, keyed noise,
                three tiers; the JPEG as a raw `image/jpeg` body.
@@ -29,8 +32,9 @@ Prints a table and ends, per model, with the line
 
 (ours = ours-hf with raw bodies, 2xx req/s; the share is of the forward's images/s).
 
-    python bench/real_model.py [--models vit,resnet50] [--seconds 10] [--warmup 3] [--clients 8]
-                               [--batch 8] [--device cpu|cuda] [--small] [--out FILE]
+    python bench/real_model.py [--models vit,resnet50] [--seconds 20] [--rounds 2] [--warmup 3]
+                               [--clients 8] [--batch 8] [--device cpu|cuda] [--small]
+                               [--out FILE]
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ from peers.harness import (
     run_main,
     running,
 )
-from peers.loadgen import prepare, run_load
+from peers.loadgen import LoadResult, prepare, run_load
 
 MODELS = {
     "vit": ("vit", "vit-tiny"),
@@ -116,49 +120,53 @@ def build_models(kind: str, workdir: Path) -> tuple[Path, Path]:
     return directory, file
 
 
-def forward_rate(directory: Path, batch: int, seconds: float, device: str) -> float:
-    """Images/s of the network's own batched forward (every core), prepared inputs."""
-    import torch
+class Forwards:
+    """The network batched in this process, prepared inputs, every core: as `aim serve` runs it
+    (`load_model`) and as transformers' own eager model (what LitServe runs)."""
 
-    from service.models import load_model
+    def __init__(self, directory: Path, batch: int, device: str) -> None:
+        import torch
+        from transformers import AutoConfig
+        from transformers import AutoModelForImageClassification as Classifier
+        from transformers import AutoModelForSemanticSegmentation as Segmenter
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    model = load_model(directory, device)
-    x = torch.randn(batch, *model.input_spec.shape).to(model.device)  # inputs already there
-    model.forward(x)  # warm
-    done, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        model.forward(x)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        done += batch
-    return done / (time.perf_counter() - t0)
+        from service.models import load_model
 
+        torch.set_num_threads(os.cpu_count() or 1)
+        self.device = device
+        self.batch = batch
+        self.ours = load_model(directory, device)
+        arch = AutoConfig.from_pretrained(directory).architectures[0]
+        auto = Segmenter if arch.endswith("ForSemanticSegmentation") else Classifier
+        self.eager = auto.from_pretrained(directory).eval().to(device)
+        self.x = torch.randn(batch, *self.ours.input_spec.shape).to(self.ours.device)
+        self.rates: dict[str, list[tuple[int, float]]] = {"forward": [], "forward-eager": []}
 
-def eager_forward_rate(directory: Path, batch: int, seconds: float, device: str) -> float:
-    """Images/s of transformers' own eager model, batched (every core), prepared inputs."""
-    import torch
-    from transformers import AutoConfig
-    from transformers import AutoModelForImageClassification as Classifier
-    from transformers import AutoModelForSemanticSegmentation as Segmenter
+    def run(self, which: str, seconds: float) -> None:
+        """Time ``which`` for ``seconds`` after one warm call; kept for ``rate``."""
+        import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    arch = AutoConfig.from_pretrained(directory).architectures[0]
-    auto = Segmenter if arch.endswith("ForSemanticSegmentation") else Classifier
-    from service.models.preprocess import ImagePreprocessor
-
-    model = auto.from_pretrained(directory).eval().to(device)
-    shape = ImagePreprocessor.from_file(directory).output_shape  # what the processor hands it
-    x = torch.randn(batch, *shape, device=device)
-    with torch.inference_mode():
-        model(pixel_values=x)  # warm
-        done, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            model(pixel_values=x)
-            if device == "cuda":
+        def once() -> None:
+            if which == "forward":
+                self.ours.forward(self.x)
+            else:
+                self.eager(pixel_values=self.x)
+            if self.device == "cuda":
                 torch.cuda.synchronize()
-            done += batch
-    return done / (time.perf_counter() - t0)
+
+        with torch.inference_mode():
+            once()
+            done, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                once()
+                done += self.batch
+            self.rates[which].append((done, time.perf_counter() - t0))
+
+    def rate(self, which: str) -> float:
+        """Images/s over every run of ``which``."""
+        runs = self.rates[which]
+        seconds = sum(s for _, s in runs)
+        return sum(n for n, _ in runs) / seconds if seconds else 0.0
 
 
 def aim(name: str, model: str, workdir: Path, device: str) -> tuple[Server, str]:
@@ -199,11 +207,20 @@ def requests(images: list[bytes], key: str | None, raw: bool) -> list[bytes]:
     return out
 
 
-def measure(server: Server, reqs: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
-    result = asyncio.run(run_load(HOST, server.port, reqs, args.clients, args.seconds, args.warmup))
-    out = result.as_dict()
-    non_2xx = sum(n for code, n in result.statuses.items() if not 200 <= code < 300)
-    out["errors"] = result.errors + non_2xx
+def load(server: Server, reqs: list[bytes], seconds: float, args: argparse.Namespace) -> LoadResult:
+    return asyncio.run(run_load(HOST, server.port, reqs, args.clients, seconds, args.warmup))
+
+
+def summary(results: list[LoadResult]) -> dict[str, Any]:
+    """One row from one or more measurements of a server: rates over their summed time."""
+    total = LoadResult(duration_s=sum(r.duration_s for r in results))
+    for r in results:
+        total.latencies_ms += r.latencies_ms
+        total.statuses.update(r.statuses)
+        total.errors += r.errors
+    out = total.as_dict()
+    non_2xx = sum(n for code, n in total.statuses.items() if not 200 <= code < 300)
+    out["errors"] = total.errors + non_2xx
     return out
 
 
@@ -264,22 +281,35 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[str,
     images = photos(IMAGES)
     rows: dict[str, Any] = {}
     ready = 600.0
-    server, key = aim("ours-hf", str(directory), workdir, args.device)
-    with running(server, ready):
-        rows["ours-hf"] = measure(server, requests(images, key, raw=True), args)
-        rows["ours-json"] = measure(server, requests(images, key, raw=False), args)
-    server, key = aim("ours-export", str(exported), workdir, args.device)
-    with running(server, ready):
-        rows["ours-export"] = measure(server, requests(images, key, raw=True), args)
+    ours, key = aim("ours-hf", str(directory), workdir, args.device)
     peer = litserve(directory, workdir, args.device, args.batch)
-    with running(peer, ready):
-        rows["litserve"] = measure(peer, requests(images, None, raw=False), args)
-    rows["forward"] = {
-        "ok_rps": round(forward_rate(directory, args.batch, args.seconds, args.device), 1)
-    }
-    rows["forward-eager"] = {
-        "ok_rps": round(eager_forward_rate(directory, args.batch, args.seconds, args.device), 1)
-    }
+    forwards = Forwards(directory, args.batch, args.device)
+    raw = requests(images, key, raw=True)
+    litserve_reqs = requests(images, None, raw=False)
+    parts: dict[str, list[LoadResult]] = {"ours-hf": [], "litserve": []}
+    share = args.seconds / args.rounds
+    # The machine's speed drifts by 10-20 % within minutes (other guests on the host), so the
+    # servers and the forward take turns in rounds, the order reversed every other round, and
+    # each figure is over the sum of its turns.
+    with running(ours, ready), running(peer, ready):
+        for turn in range(args.rounds):
+            order = ["ours-hf", "litserve", "forward", "forward-eager"]
+            for which in order if turn % 2 == 0 else order[::-1]:
+                if which in parts:
+                    server, reqs = (ours, raw) if which == "ours-hf" else (peer, litserve_reqs)
+                    parts[which].append(load(server, reqs, share, args))
+                else:
+                    forwards.run(which, share)
+        rows["ours-hf"] = summary(parts["ours-hf"])
+        rows["ours-json"] = summary([load(ours, requests(images, key, raw=False), share, args)])
+        rows["litserve"] = summary(parts["litserve"])
+    del forwards.eager
+    server, export_key = aim("ours-export", str(exported), workdir, args.device)
+    with running(server, ready):
+        reqs = requests(images, export_key, raw=True)
+        rows["ours-export"] = summary([load(server, reqs, share, args)])
+    for which in ("forward", "forward-eager"):
+        rows[which] = {"ok_rps": round(forwards.rate(which), 1)}
     if args.device == "cpu":
         rows["preprocess_ms"] = preprocess_ms(directory, images)
     return rows
@@ -288,7 +318,10 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[str,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="vit,resnet50")
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--seconds", type=float, default=20.0, help="measured seconds per server, over its turns"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="turns each server takes")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8)
@@ -301,6 +334,8 @@ def main() -> int:
     unknown = [m for m in names if m not in MODELS]
     if unknown:
         raise BenchError(f"--models: {unknown[0]!r} is not one of {', '.join(MODELS)}")
+    if args.rounds < 1 or args.seconds <= 0:
+        raise BenchError("--rounds must be at least 1 and --seconds above 0")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="aim-real-model-") as tmp:
         for name in names:
