@@ -63,14 +63,18 @@ class _Method(nn.Module):
         return getattr(self.inner, self.name)(x)
 
 
-def _same(a: Any, b: Any) -> bool:
+def _same(a: Any, b: Any, close: bool = False) -> bool:
+    """Same structure (tensors, tuples, lists) and shapes, and tensors equal bit for bit, or
+    with ``close`` within the fused graph's tolerance (``_close``)."""
     if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+        if not isinstance(b, torch.Tensor) or a.shape != b.shape:
+            return False
+        return _close(a, b) if close else torch.equal(a, b)
     if isinstance(a, (tuple, list)):
         return (
             isinstance(b, (tuple, list))
             and len(a) == len(b)
-            and all(_same(x, y) for x, y in zip(a, b, strict=True))
+            and all(_same(x, y, close) for x, y in zip(a, b, strict=True))
         )
     return False
 
@@ -93,52 +97,53 @@ def traced(
     def batch(n: int) -> torch.Tensor:
         return torch.rand(n, *shape, generator=gen).to(device)
 
+    eager = getattr(module, method)
     try:
         with warnings.catch_warnings(), torch.inference_mode():
             # Deprecation notices of torch.jit and the tracer's notes on shape checks in
             # torch.nn.functional (they raise on bad shapes, which a fixed input spec excludes).
             warnings.simplefilter("ignore")
-            graph = torch.jit.freeze(
-                torch.jit.trace(_Method(module, method).eval(), batch(_CHECK_SIZES[1])),
-                optimize_numerics=False,  # no conv-bn folding: results stay bit-for-bit
-            )
-            for n in _CHECK_SIZES:
-                x = batch(n)
-                if not _same(getattr(module, method)(x), graph(x)):
+            trace = torch.jit.trace(_Method(module, method).eval(), batch(_CHECK_SIZES[1]))
+            # freeze() works on a copy: the trace stays for the fused graph below.
+            graph = torch.jit.freeze(trace, optimize_numerics=False)  # no conv-bn folding
+            checks = [(x, eager(x)) for x in map(batch, _CHECK_SIZES)]
+            for x, want in checks:
+                if not _same(want, graph(x)):
                     log.warning("traced %s.%s differs from eager at batch %d: eager kept",
-                                type(module).__name__, method, n)  # fmt: skip
+                                type(module).__name__, method, len(x))  # fmt: skip
                     return None
     except Exception as exc:  # tracing is an optimisation: never a reason not to serve
         log.warning("could not trace %s.%s (%s): eager kept", type(module).__name__, method, exc)
         return None
     result: Callable[[torch.Tensor], Any] = graph
     if optimize and device.type == "cpu":
-        result = _fused(module, method, batch, graph) or graph
+        # The exact graph already showed the trace holds at every checked size; the fused one
+        # is checked on the small ones (a batch of 32 more would add seconds to a start).
+        name = f"{type(module).__name__}.{method}"
+        result = _fused(name, trace, checks[:2], graph, batch(_TIMED_BATCH)) or graph
     return result
 
 
 def _fused(
-    module: nn.Module,
-    method: str,
-    batch: Callable[[int], torch.Tensor],
+    name: str,
+    trace: torch.jit.ScriptModule,
+    checks: Sequence[tuple[torch.Tensor, Any]],
     exact: Callable[[torch.Tensor], Any],
+    timed: torch.Tensor,
 ) -> Callable[[torch.Tensor], Any] | None:
-    """oneDNN's fused inference graph of ``module.<method>`` when it answers close to eager
-    (same top class, within ``FUSED_TOLERANCE``) and is faster than ``exact``; else None."""
-    name = f"{type(module).__name__}.{method}"
+    """oneDNN's fused inference graph of ``trace`` when it answers close to eager on
+    ``checks`` (inputs and eager's answers: same top class, within ``FUSED_TOLERANCE``) and is
+    faster than ``exact`` on ``timed``; else None."""
     try:
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")
-            traced_once = torch.jit.trace(_Method(module, method).eval(), batch(_CHECK_SIZES[1]))
-            fused = torch.jit.optimize_for_inference(traced_once)
-            # The exact graph already showed the trace holds at every checked size; a batch of
-            # 32 more through eager and fused would add seconds to a real model's start.
-            for n in _CHECK_SIZES[:2]:
-                x = batch(n)
-                if not _close(getattr(module, method)(x), fused(x)):
-                    log.info("fused %s is not close to eager at batch %d: exact kept", name, n)
+            fused = torch.jit.optimize_for_inference(trace)
+            for x, want in checks:
+                if not _same(want, fused(x), close=True):
+                    log.info("fused %s is not close to eager at batch %d: exact kept",
+                             name, len(x))  # fmt: skip
                     return None
-            exact_s, fused_s = _race(exact, fused, batch(_TIMED_BATCH))
+            exact_s, fused_s = _race(exact, fused, timed)
     except Exception as exc:  # an optimisation: never a reason not to serve
         log.info("could not fuse %s (%s): exact graph kept", name, exc)
         return None
@@ -152,25 +157,17 @@ def _fused(
     return result
 
 
-def _close(a: Any, b: Any) -> bool:
-    """Same structure and shapes, values within ``FUSED_TOLERANCE`` of the largest, and the
-    same top class per row (per pixel for a segmenter's N×K×H×W logits)."""
-    if isinstance(a, torch.Tensor):
-        if not isinstance(b, torch.Tensor) or a.shape != b.shape or a.dtype != b.dtype:
-            return False
-        if not a.is_floating_point():
-            return torch.equal(a, b)
-        scale = float(a.abs().max()) if a.numel() else 0.0
-        if not bool(((a - b).abs() <= FUSED_TOLERANCE * max(scale, 1.0)).all()):
-            return False
-        return a.dim() < 2 or torch.equal(a.argmax(dim=1), b.argmax(dim=1))
-    if isinstance(a, (tuple, list)):
-        return (
-            isinstance(b, (tuple, list))
-            and len(a) == len(b)
-            and all(_close(x, y) for x, y in zip(a, b, strict=True))
-        )
-    return False
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Values within ``FUSED_TOLERANCE`` of the largest, and the same top class per row (per
+    pixel for a segmenter's N×K×H×W logits); integer tensors equal."""
+    if a.dtype != b.dtype:
+        return False
+    if not a.is_floating_point():
+        return torch.equal(a, b)
+    scale = float(a.abs().max()) if a.numel() else 0.0
+    if not bool(((a - b).abs() <= FUSED_TOLERANCE * max(scale, 1.0)).all()):
+        return False
+    return a.dim() < 2 or torch.equal(a.argmax(dim=1), b.argmax(dim=1))
 
 
 def _race(
